@@ -1,0 +1,187 @@
+"""DHSA as a transformers attention implementation (`attn_implementation="dhsa"`).
+
+`enable_dhsa(model, config)` registers the implementation, attaches a runtime to every attention
+module and switches the model to it; no model code is copied or patched. Prefill (a forward whose
+queries are all the keys) runs the three `torch.ops.dhsa` ops; any step with a KV cache behind it
+(decode, continuation) runs dense attention through transformers' own sdpa / eager paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+from .boundary_predictor import BoundaryPredictor, load_predictor
+from .config import DHSAConfig
+from .errors import DHSAError
+from .ops import library as ops
+
+ATTN_IMPLEMENTATION = "dhsa"
+SUPPORTED_MODEL_TYPES = ("gemma2", "gemma3_text")
+
+
+@dataclass
+class DHSARuntime:
+    """What every attention module of one model shares: parameters, predictor, per-forward state."""
+
+    config: DHSAConfig
+    first_layer: int
+    predictor: BoundaryPredictor | None = None
+    # Per-forward sharing across layers; reset when the first DHSA layer runs.
+    shared: dict = field(default_factory=dict)
+    check_padding: bool = True
+
+    def uses_dhsa(self, layer_type: str) -> bool:
+        return self.config.layers in ("all", layer_type)
+
+    def boundaries(self, key: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        scores = None
+        method = "fixed" if cfg.boundary_method == "fixed" else "similarity"
+        if cfg.boundary_method == "learned":
+            scores, method = self.predictor(key), "scores"
+        return ops.chunk_boundaries(key, scores, method, cfg.block_size, cfg.chunk_beta, cfg.fixed_chunk_size,
+                                    cfg.boundary_window, cfg.radius, cfg.threshold, cfg.instruction_tokens)
+
+
+def _layer_type(sliding_window) -> str:
+    return "sliding" if sliding_window else "global"
+
+
+def _causal_mask(q_len: int, k_len: int, sliding_window, device) -> torch.Tensor:
+    """(1, 1, q, k) bool mask of the last q of k positions (causal, optional sliding window)."""
+    q = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k = torch.arange(k_len, device=device)[None, :]
+    allowed = k <= q
+    if sliding_window:
+        allowed &= k > q - sliding_window
+    return allowed[None, None]
+
+
+def dense_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                            sliding_window=None, softcap=None, **kwargs):
+    """Dense attention through transformers: sdpa, or eager when logits are soft-capped (Gemma2)."""
+    if not softcap:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, sliding_window=sliding_window, **kwargs)
+    if attention_mask is None:
+        attention_mask = _causal_mask(query.shape[2], key.shape[2], sliding_window, query.device)
+    if attention_mask.dtype == torch.bool:
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~attention_mask, torch.finfo(query.dtype).min)
+    return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                   softcap=softcap, **kwargs)
+
+
+def _check_unpadded(attention_mask, q_len: int, sliding_window, device) -> None:
+    """DHSA prefill applies causal/sliding masks itself; a padded batch would be silently wrong."""
+    if attention_mask is None:
+        return
+    expected = _causal_mask(q_len, q_len, sliding_window, device)
+    if attention_mask.dtype != torch.bool:
+        attention_mask = attention_mask == 0
+    if not torch.equal(attention_mask.expand(-1, -1, q_len, q_len)[:, :1], expected.expand(
+            attention_mask.shape[0], 1, q_len, q_len)):
+        raise DHSAError("DHSA prefill got a padded batch (attention_mask with zeros); pass unpadded "
+                        "sequences of equal length, or run one sequence per batch")
+
+
+def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                           sliding_window=None, softcap=None, **kwargs):
+    rt: DHSARuntime | None = getattr(module, "dhsa_runtime", None)
+    if rt is None:
+        raise DHSAError("attn_implementation 'dhsa' needs dhsa_export.attention.enable_dhsa(model, config)")
+    layer_type = _layer_type(sliding_window)
+    q_len, k_len = query.shape[2], key.shape[2]
+    if q_len != k_len or not rt.uses_dhsa(layer_type):
+        return dense_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                       dropout=dropout, sliding_window=sliding_window, softcap=softcap, **kwargs)
+    cfg = rt.config
+    shared = rt.shared
+    if module.layer_idx == rt.first_layer:
+        shared.clear()
+    if rt.check_padding and ("checked", layer_type) not in shared and not torch.compiler.is_compiling():
+        _check_unpadded(attention_mask, q_len, sliding_window, query.device)
+        shared[("checked", layer_type)] = True
+
+    window = int(sliding_window or 0)
+    selection = shared.get(("indices", layer_type)) if cfg.share_indices else None
+    if selection is None:
+        boundaries = shared.get("boundaries") if cfg.share_boundaries else None
+        if boundaries is None:
+            boundaries = rt.boundaries(key)
+            if cfg.share_boundaries:
+                shared["boundaries"] = boundaries
+        selection = ops.select_keys(query, key, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
+                                    cfg.global_tokens, window, cfg.instruction_tokens)
+        if cfg.share_indices:
+            shared[("indices", layer_type)] = selection
+    scale = float(scaling if scaling is not None else module.head_dim**-0.5)
+    out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
+                               window, cfg.instruction_tokens)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    AttentionInterface.register(ATTN_IMPLEMENTATION, dhsa_attention_forward)
+    # transformers builds masks only for registered mask functions; the dense (decode) path needs sdpa's.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def _text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def attention_modules(model):
+    """The self-attention modules (those with a layer_idx and q/k/v projections), in layer order."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "k_proj")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def layer_types(model) -> list[str]:
+    cfg = _text_config(model)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    return ["sliding" if t == "sliding_attention" else "global" for t in types]
+
+
+def check_supported(model) -> None:
+    model_type = getattr(_text_config(model), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise DHSAError(f"model type {model_type!r} is not supported; supported: Gemma2ForCausalLM (gemma2), "
+                        f"Gemma3ForCausalLM (gemma3_text)")
+
+
+def enable_dhsa(model, config: DHSAConfig, predictor: BoundaryPredictor | None = None) -> DHSARuntime:
+    """Switch `model` to DHSA attention with `config`; returns the shared runtime."""
+    check_supported(model)
+    register()
+    text = _text_config(model)
+    types = layer_types(model)
+    dhsa_layers = [i for i, t in enumerate(types) if config.layers in ("all", t)]
+    if not dhsa_layers:
+        raise DHSAError(f"layers={config.layers!r} selects no layer of this model (layer types: {sorted(set(types))})")
+    if config.boundary_method == "learned" and predictor is None:
+        predictor = load_predictor(config.predictor_path, text.num_key_value_heads * text.head_dim,
+                                   window=config.boundary_window)
+    rt = DHSARuntime(config=config, first_layer=dhsa_layers[0], predictor=predictor)
+    for module in attention_modules(model):
+        module.dhsa_runtime = rt
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    if predictor is not None:
+        predictor.to(next(model.parameters()).device)
+    return rt
+
+
+def dense_implementation(model) -> str:
+    """The dense implementation DHSA is compared against: eager for Gemma2 (soft-capped logits), else sdpa."""
+    return "eager" if getattr(_text_config(model), "attn_logit_softcapping", None) else "sdpa"
+
+
+def disable_dhsa(model) -> None:
+    model.set_attn_implementation(dense_implementation(model))

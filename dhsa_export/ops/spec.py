@@ -1,0 +1,133 @@
+"""The three DHSA ops as data: names, tensors, attributes. docs/ops.md is the prose of this table.
+
+The torch.library schemas, the ONNX schemas and the onnxscript translations are all generated from
+these specs, so an attribute exists in one place only. Changing inputs or attributes of an op means
+a new `version` (and a new ONNX schema version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DOMAIN = "dhsa"
+OPSET_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    doc: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    type: type  # int, float or str
+    doc: str
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    torch_name: str  # name in the torch.library namespace `dhsa`
+    onnx_name: str  # op_type in ONNX domain `dhsa` == plugin name in ORT and TensorRT
+    version: int
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    attrs: tuple[Attr, ...]
+    doc: str
+
+    @property
+    def qualname(self) -> str:
+        return f"{DOMAIN}::{self.torch_name}"
+
+    @property
+    def attr_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attrs)
+
+    def torch_schema(self) -> str:
+        """Schema for torch.library.define. No defaults: torch.export drops keyword arguments equal
+        to their default, and every attribute must reach the ONNX node explicitly."""
+        ts = {int: "int", float: "float", str: "str"}
+        args = [f"Tensor{'?' if t.optional else ''} {t.name}" for t in self.inputs]
+        args += [f"{ts[a.type]} {a.name}" for a in self.attrs]
+        outs = ", ".join("Tensor" for _ in self.outputs)
+        outs = f"({outs})" if len(self.outputs) > 1 else outs
+        return f"({', '.join(args)}) -> {outs}"
+
+
+_BLOCK = Attr("block_size", int, "b: query block size (>= 1)")
+_SLIDING = Attr("sliding_window", int, "W: key j is visible to query t iff t - W < j <= t; 0 = global layer")
+_INSTR = Attr("instruction_tokens", int, "T: the last min(T, L) queries attend densely (>= 0)")
+
+CHUNK_BOUNDARIES = OpSpec(
+    torch_name="chunk_boundaries",
+    onnx_name="DhsaChunkBoundaries",
+    version=1,
+    inputs=(
+        Tensor("key", "(B, Hkv, L, D) post-RoPE key states; float32, float16 or bfloat16"),
+        Tensor("scores", "(B, L) float32 cut scores; used only when method = 'scores'", optional=True),
+    ),
+    outputs=(Tensor("boundaries", "(B, N + 1) int32, N = chunk_beta * ceil(L / block_size); padded with L"),),
+    attrs=(
+        Attr("method", str, "'similarity' (training-free), 'scores' (given scores) or 'fixed'"),
+        _BLOCK,
+        Attr("chunk_beta", int, "chunk budget: at most N = chunk_beta * ceil(L / b) chunks (>= 1)"),
+        Attr("chunk_size", int, "fixed method: chunk length; chunk_size * chunk_beta >= b"),
+        Attr("window", int, "w: keys compared on each side of a cut (>= 1)"),
+        Attr("nms_radius", int, "r: a cut must beat every cut within r positions (>= 0)"),
+        Attr("threshold", float, "a cut needs score > threshold"),
+        _INSTR,
+    ),
+    doc="Dynamic chunking of the keys: cut positions 0 = b0 < b1 < ... <= L.",
+)
+
+SELECT_KEYS = OpSpec(
+    torch_name="select_keys",
+    onnx_name="DhsaSelectKeys",
+    version=1,
+    inputs=(
+        Tensor("query", "(B, Hq, L, D) post-RoPE query states"),
+        Tensor("key", "(B, Hkv, L, D) post-RoPE key states, same dtype as query"),
+        Tensor("boundaries", "(B, N + 1) int32 chunk boundaries"),
+    ),
+    outputs=(
+        Tensor("indices", "(B, ceil(L / b), budget) int32 key indices, ascending, padded with -1"),
+        Tensor("counts", "(B, ceil(L / b)) int32 number of valid entries per row of indices"),
+    ),
+    attrs=(
+        _BLOCK,
+        Attr("budget", int, "Nb: keys kept per query block (>= local_tokens + global_tokens, >= 1)"),
+        Attr("local_tokens", int, "most recent eligible keys always kept (>= 0)"),
+        Attr("global_tokens", int, "first eligible keys always kept (>= 0)"),
+        _SLIDING,
+        _INSTR,
+    ),
+    doc="Chunk scoring and budgeted selection of keys per query block.",
+)
+
+SPARSE_ATTENTION = OpSpec(
+    torch_name="sparse_attention",
+    onnx_name="DhsaSparseAttention",
+    version=1,
+    inputs=(
+        Tensor("query", "(B, Hq, L, D)"),
+        Tensor("key", "(B, Hkv, L, D), Hq % Hkv == 0"),
+        Tensor("value", "(B, Hkv, L, D)"),
+        Tensor("indices", "(B, ceil(L / b), Nb) int32 from DhsaSelectKeys"),
+        Tensor("counts", "(B, ceil(L / b)) int32 from DhsaSelectKeys"),
+    ),
+    outputs=(Tensor("output", "(B, Hq, L, D), dtype of query"),),
+    attrs=(
+        _BLOCK,
+        Attr("scale", float, "logit scale (Gemma: query_pre_attn_scalar ** -0.5)"),
+        Attr("softcap", float, "logits -> softcap * tanh(logits / softcap); 0 = off"),
+        _SLIDING,
+        _INSTR,
+    ),
+    doc="Attention of each query over its block's selected keys (dense for the instruction tail).",
+)
+
+ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION)
+
+BOUNDARY_METHODS = ("similarity", "scores", "fixed")
