@@ -1,0 +1,197 @@
+"""Trace a Gemma model with DHSA attention and write ONNX in which DHSA is `dhsa`-domain ops.
+
+Two flavours: `plugin` (bare dhsa nodes for runtimes with the plugins loaded) and `portable` (the
+same semantics decomposed into standard ONNX ops). The file appears only when it is complete: the
+export writes into a temporary folder beside the target and moves the result into place.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .attention import enable_dhsa
+from .errors import DHSAError
+from .loading import load
+from .onnx import plugin_ops, portable_ops, schemas
+from .ops.spec import ALL_OPS, DOMAIN, OPSET_VERSION
+from .recipes import Recipe
+
+OpsFlavour = Literal["plugin", "portable"]
+Progress = Callable[[str], None]
+
+# Above this many bytes of weights the model goes to external data (protobuf's 2 GB limit).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    data_path: Path | None
+    op_counts: dict[str, int]
+    inputs: list[tuple[str, str, list]]
+    outputs: list[tuple[str, str, list]]
+    file_bytes: int
+    data_bytes: int
+    seconds: float
+    peak_rss_mib: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class LogitsModel(nn.Module):
+    """input_ids (B, L) -> logits (B, L or 1, V): the graph the runtimes see (no cache, no mask)."""
+
+    def __init__(self, model: nn.Module, logits: str):
+        super().__init__()
+        self.model = model
+        self.keep = 1 if logits == "last" else 0
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False, logits_to_keep=self.keep).logits
+
+
+class HalfLinear(nn.Module):
+    """fp16 weights and matmul; activations enter and leave in fp32.
+
+    Gemma's residual stream, norms, GELU, soft-capping and attention overflow in fp16, so an
+    `--dtype fp16` export keeps everything but the linear layers in fp32.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().half(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().half(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.half(), self.weight, self.bias).float()
+
+
+def to_half_linear(model: nn.Module) -> nn.Module:
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, HalfLinear(child))
+        else:
+            to_half_linear(child)
+    return model
+
+
+def translation_table(flavour: OpsFlavour) -> dict:
+    impl = plugin_ops if flavour == "plugin" else portable_ops
+    return {torch.ops.dhsa.chunk_boundaries.default: impl.chunk_boundaries,
+            torch.ops.dhsa.select_keys.default: impl.select_keys,
+            torch.ops.dhsa.sparse_attention.default: impl.sparse_attention}
+
+
+def check_output_path(out: Path) -> None:
+    if out.suffix != ".onnx":
+        raise DHSAError(f"output {out} must end in .onnx")
+    if out.is_dir():
+        raise DHSAError(f"output {out} is a directory; give a file name like {out}/model.onnx")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise DHSAError(f"output folder {parent} does not exist; create it or choose another --out")
+    if not os.access(parent, os.W_OK):
+        raise DHSAError(f"output folder {parent} is not writable; choose another --out")
+
+
+def _value_info(v) -> tuple[str, str, list]:
+    t = v.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+    return v.name, onnx.TensorProto.DataType.Name(t.elem_type).lower(), dims
+
+
+def _metadata(recipe: Recipe, flavour: str, dtype: str, dense: bool, source: str) -> dict[str, str]:
+    meta = {
+        "dhsa.exporter": f"dhsa-export {__version__}",
+        "dhsa.recipe": recipe.name,
+        "dhsa.source_model": recipe.model.hf_id or recipe.name,
+        "dhsa.weights": source,
+        "dhsa.ops_flavour": flavour,
+        "dhsa.attention": "dense" if dense else "dhsa",
+        "dhsa.dtype": dtype,
+        "dhsa.opset": f"{DOMAIN}:{OPSET_VERSION}",
+        "dhsa.op_versions": ",".join(f"{s.onnx_name}:{s.version}" for s in ALL_OPS),
+        "dhsa.torch": torch.__version__,
+    }
+    if not dense:
+        meta.update(recipe.dhsa.as_metadata())
+    return meta
+
+
+def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dtype: str = "fp32",
+           flavour: OpsFlavour = "plugin", logits: str = "all", max_seq_len: int | None = None, dense: bool = False,
+           progress: Progress = lambda _: None, loaded=None) -> ExportResult:
+    """Export `recipe`'s model to `out`; returns what was written. `loaded` reuses a loaded model."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    check_output_path(out)
+    max_seq_len = max_seq_len or recipe.export.max_seq_len
+    if max_seq_len < recipe.dhsa.block_size:
+        raise DHSAError(f"--max-seq-len {max_seq_len} is below the block size {recipe.dhsa.block_size}")
+    if loaded is None:
+        loaded = load(recipe, model_path, dtype="bf16" if dtype == "bf16" else "fp32", progress=progress)
+    model = loaded.model
+    if dtype == "fp16":
+        progress("fp16: linear layers in fp16, residual stream / norms / attention in fp32")
+        model = to_half_linear(model)
+    if not dense:
+        enable_dhsa(model, recipe.dhsa)
+    schemas.register()
+
+    wrapper = LogitsModel(model, logits).eval()
+    example_len = min(max_seq_len, 2 * recipe.dhsa.block_size + 3)
+    example = torch.randint(0, model.config.get_text_config().vocab_size, (2, example_len))
+    dyn = {"input_ids": {0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=max_seq_len)}}
+    progress(f"tracing ({flavour} ops, {dtype}, logits={logits}, seq <= {max_seq_len})")
+    with torch.no_grad():
+        try:
+            program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=dyn,
+                                        custom_translation_table=translation_table(flavour),
+                                        opset_version=recipe.export.opset, optimize=True,
+                                        input_names=["input_ids"], output_names=["logits"], verbose=False)
+        except Exception as err:  # noqa: BLE001 - re-raised with the stage named
+            raise RuntimeError(f"torch.onnx.export failed while tracing {recipe.name}: {err}") from err
+
+    meta = _metadata(recipe, flavour, dtype, dense, loaded.source.description)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    tmp = Path(tempfile.mkdtemp(prefix=".dhsa-export-", dir=out.parent))
+    try:
+        for k, v in meta.items():
+            program.model.metadata_props[k] = v
+        progress(f"saving {'with external data ' if external else ''}to {out}")
+        tmp_onnx = tmp / out.name
+        program.save(str(tmp_onnx), external_data=external)
+        del program
+        progress("checking (onnx.checker full_check + shape inference)")
+        onnx.checker.check_model(str(tmp_onnx), full_check=True)
+        proto = onnx.load(str(tmp_onnx), load_external_data=False)
+        data_files = [p for p in tmp.iterdir() if p.name != out.name]
+        data_path = None
+        for p in data_files:  # data first, so a visible .onnx never points at missing data
+            shutil.move(str(p), out.parent / p.name)
+            data_path = out.parent / p.name
+        os.replace(tmp_onnx, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    return ExportResult(
+        path=out, data_path=data_path, op_counts=dict(ops.most_common()),
+        inputs=[_value_info(v) for v in proto.graph.input], outputs=[_value_info(v) for v in proto.graph.output],
+        file_bytes=out.stat().st_size, data_bytes=data_path.stat().st_size if data_path else 0,
+        seconds=time.perf_counter() - t0, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        metadata=meta)

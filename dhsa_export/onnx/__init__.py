@@ -1,0 +1,1 @@
+"""ONNX side of the DHSA ops: schemas, plugin-node translations, portable decompositions."""
