@@ -1,0 +1,80 @@
+"""Run exported models: ONNX Runtime sessions (with the DHSA op library when needed), and the same
+logits / greedy-decoding interface over the PyTorch model, so checks compare like with like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from .errors import DHSAError
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]  # (B, L) int64 -> (B, L or 1, V) float32
+
+
+def uses_dhsa_ops(path: str | Path) -> bool:
+    """True when the graph holds bare `dhsa` nodes (a plugin-flavour export)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.domain == "dhsa" for n in model.graph.node)
+
+
+def model_metadata(path: str | Path) -> dict[str, str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None):
+    """An InferenceSession for an exported model; registers the DHSA op library when the graph needs it."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise DHSAError(f"ONNX file {path} not found")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    if uses_dhsa_ops(path):
+        from .native import ort_library
+
+        opts.register_custom_ops_library(str(ort_library()))
+    providers = {"cpu": ["CPUExecutionProvider"],
+                 "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[provider]
+    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DHSAError("--provider cuda needs onnxruntime-gpu (pip install onnxruntime-gpu); this onnxruntime "
+                        f"offers {ort.get_available_providers()}")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as err:  # noqa: BLE001 - ORT raises several unrelated types
+        raise DHSAError(f"ONNX Runtime cannot open {path}: {str(err).splitlines()[0]}") from None
+
+
+def ort_logits(session) -> LogitsFn:
+    name = session.get_inputs()[0].name
+
+    def run(ids: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(ids, dtype=np.int64)})[0]
+
+    return run
+
+
+def torch_logits(model) -> LogitsFn:
+    @torch.no_grad()
+    def run(ids: np.ndarray) -> np.ndarray:
+        out = model(input_ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)), use_cache=False).logits
+        return out.float().numpy()
+
+    return run
+
+
+def greedy(logits: LogitsFn, ids: np.ndarray, new_tokens: int) -> list[int]:
+    """Greedy decoding by full re-runs (the exported graph has no KV cache): each step is a prefill."""
+    seq = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+    out = []
+    for _ in range(new_tokens):
+        nxt = int(logits(seq)[0, -1].argmax())
+        out.append(nxt)
+        seq = np.concatenate([seq, [[nxt]]], axis=1)
+    return out
