@@ -1,0 +1,86 @@
+// The three DHSA ops: attributes, parsing, validation and shape rules, written once for every
+// binding (ONNX Runtime custom ops, TensorRT plugins). docs/ops.md is the contract.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dhsa/status.h"
+#include "dhsa/types.h"
+
+namespace dhsa {
+
+constexpr const char* kDomain = "dhsa";
+constexpr const char* kChunkBoundaries = "DhsaChunkBoundaries";
+constexpr const char* kSelectKeys = "DhsaSelectKeys";
+constexpr const char* kSparseAttention = "DhsaSparseAttention";
+constexpr int kOpVersion = 1;
+
+// Attribute access implemented by each binding (ORT kernel info, TensorRT plugin fields).
+class AttrSource {
+ public:
+  virtual ~AttrSource() = default;
+  virtual bool get_int(const char* name, int64_t* out) const = 0;
+  virtual bool get_float(const char* name, float* out) const = 0;
+  virtual bool get_string(const char* name, std::string* out) const = 0;
+};
+
+enum class BoundaryMethod { kSimilarity, kScores, kFixed };
+
+struct ChunkBoundariesAttrs {
+  BoundaryMethod method = BoundaryMethod::kSimilarity;
+  int64_t block_size = 0, chunk_beta = 0, chunk_size = 0, window = 0, nms_radius = 0, instruction_tokens = 0;
+  float threshold = 0.f;
+  static Status Parse(const AttrSource& src, ChunkBoundariesAttrs* out);
+  Status Validate() const;
+};
+
+struct SelectKeysAttrs {
+  int64_t block_size = 0, budget = 0, local_tokens = 0, global_tokens = 0, sliding_window = 0,
+          instruction_tokens = 0;
+  static Status Parse(const AttrSource& src, SelectKeysAttrs* out);
+  Status Validate() const;
+};
+
+struct SparseAttentionAttrs {
+  int64_t block_size = 0, sliding_window = 0, instruction_tokens = 0;
+  float scale = 0.f, softcap = 0.f;
+  static Status Parse(const AttrSource& src, SparseAttentionAttrs* out);
+  Status Validate() const;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// N: capacity of the boundary output (chunks), and the number of query blocks.
+inline int64_t num_chunks(int64_t seq, int64_t block, int64_t beta) { return beta * ceil_div(seq, block); }
+inline int64_t num_query_blocks(int64_t seq, int64_t block) { return ceil_div(seq, block); }
+// First query of the dense instruction tail.
+inline int64_t tail_start(int64_t seq, int64_t instr) { return seq - (instr < seq ? instr : seq); }
+
+// Input checks (ranks, dtypes, matching dims) and output shapes. `scores` may be null.
+Status CheckChunkBoundaries(const ChunkBoundariesAttrs& a, const TensorDesc& key, const TensorDesc* scores,
+                            std::vector<int64_t>* out_shape);
+Status CheckSelectKeys(const SelectKeysAttrs& a, const TensorDesc& q, const TensorDesc& k, const TensorDesc& bd,
+                       std::vector<int64_t>* indices_shape, std::vector<int64_t>* counts_shape);
+Status CheckSparseAttention(const SparseAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
+                            const TensorDesc& v, const TensorDesc& idx, const TensorDesc& cnt,
+                            std::vector<int64_t>* out_shape);
+
+// Per query block: sparse queries [s, e), eligible keys [lo, hi) (hi == lo: selects nothing).
+struct BlockRange {
+  int64_t s, e, lo, hi;
+};
+inline BlockRange block_range(int64_t i, int64_t seq, int64_t block, int64_t window, int64_t instr) {
+  const int64_t tail0 = tail_start(seq, instr);
+  BlockRange r;
+  r.s = i * block;
+  r.e = r.s + block < tail0 ? r.s + block : tail0;
+  r.lo = window > 0 ? (r.s - window + 1 > 0 ? r.s - window + 1 : 0) : 0;
+  r.hi = r.e > r.s ? r.e : r.lo;
+  return r;
+}
+
+// Data checks the kernels run before reading through a tensor's values.
+Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq);
+
+}  // namespace dhsa
