@@ -9,6 +9,12 @@
 #include "dhsa/status.h"
 #include "dhsa/types.h"
 
+#ifdef __CUDACC__
+#define DHSA_HD __host__ __device__
+#else
+#define DHSA_HD
+#endif
+
 namespace dhsa {
 
 constexpr const char* kDomain = "dhsa";
@@ -50,12 +56,12 @@ struct SparseAttentionAttrs {
   Status Validate() const;
 };
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+DHSA_HD inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // N: capacity of the boundary output (chunks), and the number of query blocks.
-inline int64_t num_chunks(int64_t seq, int64_t block, int64_t beta) { return beta * ceil_div(seq, block); }
-inline int64_t num_query_blocks(int64_t seq, int64_t block) { return ceil_div(seq, block); }
+DHSA_HD inline int64_t num_chunks(int64_t seq, int64_t block, int64_t beta) { return beta * ceil_div(seq, block); }
+DHSA_HD inline int64_t num_query_blocks(int64_t seq, int64_t block) { return ceil_div(seq, block); }
 // First query of the dense instruction tail.
-inline int64_t tail_start(int64_t seq, int64_t instr) { return seq - (instr < seq ? instr : seq); }
+DHSA_HD inline int64_t tail_start(int64_t seq, int64_t instr) { return seq - (instr < seq ? instr : seq); }
 
 // Input checks (ranks, dtypes, matching dims) and output shapes. `scores` may be null.
 Status CheckChunkBoundaries(const ChunkBoundariesAttrs& a, const TensorDesc& key, const TensorDesc* scores,
@@ -70,7 +76,7 @@ Status CheckSparseAttention(const SparseAttentionAttrs& a, const TensorDesc& q, 
 struct BlockRange {
   int64_t s, e, lo, hi;
 };
-inline BlockRange block_range(int64_t i, int64_t seq, int64_t block, int64_t window, int64_t instr) {
+DHSA_HD inline BlockRange block_range(int64_t i, int64_t seq, int64_t block, int64_t window, int64_t instr) {
   const int64_t tail0 = tail_start(seq, instr);
   BlockRange r;
   r.s = i * block;

@@ -1,0 +1,30 @@
+// CUDA launchers of the three ops (float32 / float16 / bfloat16 inputs, float32 accumulation).
+// They enqueue on `stream` and never synchronise. Workspace comes from the caller (TensorRT) or,
+// when `workspace` is null, from the stream-ordered allocator. Data-dependent contract violations
+// (unsorted boundaries, indices out of range) cannot be reported without a sync: the kernels clamp
+// every read into bounds, so bad data gives an unspecified result but never a bad memory access.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "dhsa/ops.h"
+
+namespace dhsa {
+namespace cuda {
+
+size_t ChunkBoundariesWorkspace(const ChunkBoundariesAttrs& a, int64_t batch, int64_t seq);
+Status ChunkBoundaries(const ChunkBoundariesAttrs& a, const Act4& key, const float* scores, int32_t* out,
+                       void* stream, void* workspace = nullptr);
+
+size_t SelectKeysWorkspace(const SelectKeysAttrs& a, int64_t batch, int64_t seq, int64_t dim, int64_t n_plus_1);
+Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
+                  int32_t* indices, int32_t* counts, void* stream, void* workspace = nullptr);
+
+size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, int64_t hq, int64_t seq, int64_t dim);
+Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
+                       const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
+                       void* workspace = nullptr);
+
+}  // namespace cuda
+}  // namespace dhsa

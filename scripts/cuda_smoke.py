@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""A representative subset of the CUDA kernels on small inputs, for compute-sanitizer (memcheck,
+racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail, L < budget."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dhsa_export.native import cuda_kernels  # noqa: E402
+
+k_ = cuda_kernels()
+torch.manual_seed(0)
+cases = [  # (B, Hq, Hkv, L, D, dtype, block, budget, window, instr, softcap)
+    (2, 4, 2, 300, 128, torch.bfloat16, 64, 128, 0, 16, 0.0),
+    (1, 8, 4, 700, 256, torch.float16, 128, 256, 200, 64, 50.0),
+    (1, 2, 2, 100, 64, torch.bfloat16, 32, 512, 0, 0, 0.0),
+    (2, 4, 1, 97, 96, torch.float16, 16, 48, 0, 5, 0.0),
+    (1, 4, 2, 200, 32, torch.float32, 16, 64, 40, 8, 30.0),
+]
+for b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap in cases:
+    q = torch.randn(b, hq, seq, dim, device="cuda", dtype=dt)
+    k = torch.randn(b, hkv, seq, dim, device="cuda", dtype=dt)
+    v = torch.randn(b, hkv, seq, dim, device="cuda", dtype=dt)
+    local = glob = min(block, budget // 4) if budget // 4 >= block else budget // 4
+    local = max(local, block) if budget >= 2 * block else budget // 2
+    glob = min(glob, budget - local)
+    for method in ("similarity", "fixed"):
+        bd = k_.chunk_boundaries(k, None, method, block, 4, block, 4, 2, 0.0, instr)
+        idx, cnt = k_.select_keys(q, k, bd, block, budget, local, glob, window, instr)
+        out = k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr)
+    scores = torch.randn(b, seq, device="cuda")
+    k_.chunk_boundaries(k, scores, "scores", block, 4, block, 4, 2, 0.0, instr)
+torch.cuda.synchronize()
+print("cuda_smoke: ok")

@@ -1,0 +1,170 @@
+"""The CUDA kernels against the PyTorch reference on random cases, outputs poisoned before every
+launch. Needs a GPU and libdhsa_cuda.so; skipped elsewhere (run through scripts/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dhsa_export.ops import reference
+
+from .cases import Case, random_case
+from .compare import assert_same_boundaries, assert_same_selection
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+N_CASES = 100
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Max abs error vs the float32 reference on the same low-precision inputs (outputs are O(1)).
+TOL = {"fp16": 3e-3, "bf16": 1.6e-2, "fp32": 2e-5}
+POISON_INT = 0x7F7F7F7F
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from dhsa_export.native import cuda_kernels
+
+    return cuda_kernels()
+
+
+def _case(seed: int, dims=(64, 128, 256, 96), max_seq: int = 1500) -> tuple[Case, random.Random, torch.Generator]:
+    rng = random.Random(seed)
+    c = random_case(rng, max_seq=max_seq, dims=dims, gqa=(1, 2, 4, 8))
+    c.block_size = rng.choice([c.block_size, 64, 128])
+    c.local_tokens = max(c.local_tokens, c.block_size)
+    c.budget = max(c.budget, c.local_tokens + c.global_tokens)
+    return c, rng, torch.Generator(device="cuda").manual_seed(seed)
+
+
+def _qkv(c: Case, gen, dtype):
+    q = torch.randn(c.batch, c.hq, c.seq, c.dim, generator=gen, device="cuda").to(dtype)
+    k = torch.randn(c.batch, c.hkv, c.seq, c.dim, generator=gen, device="cuda").to(dtype)
+    v = torch.randn(c.batch, c.hkv, c.seq, c.dim, generator=gen, device="cuda").to(dtype)
+    return q, k, v
+
+
+def _boundaries(rng, batch, seq, n):
+    rows = []
+    for _ in range(batch):
+        cuts = sorted(rng.randint(0, seq) for _ in range(rng.randint(0, n - 1)))
+        rows.append([0] + cuts + [seq] * (n - len(cuts)))
+    return torch.tensor(rows, dtype=torch.int32, device="cuda")
+
+
+def _sel_attrs(c):
+    return (c.block_size, c.budget, c.local_tokens, c.global_tokens, c.sliding_window, c.instruction_tokens)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(N_CASES))
+def test_sparse_attention(kernels, dtype, case_id, seed):
+    c, rng, gen = _case(seed)
+    q, k, v = _qkv(c, gen, DTYPES[dtype])
+    bd = _boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
+    idx, cnt = reference.select_keys(q.float(), k.float(), bd, *_sel_attrs(c))
+    out = torch.full_like(q, float("nan"))
+    kernels.sparse_attention(q, k, v, idx, cnt, c.block_size, c.scale, c.softcap, c.sliding_window,
+                             c.instruction_tokens, out=out)
+    ref = reference.sparse_attention(q.float(), k.float(), v.float(), idx, cnt, c.block_size, c.scale, c.softcap,
+                                     c.sliding_window, c.instruction_tokens)
+    assert not out.isnan().any(), "unwritten (poisoned) output"
+    err = (out.float() - ref).abs().max().item()
+    assert err <= TOL[dtype], (err, c)
+    rel = ((out.float() - ref).norm() / ref.norm().clamp_min(1e-6)).item()
+    assert rel <= TOL[dtype], (rel, c)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(N_CASES))
+def test_select_keys(kernels, dtype, case_id, seed):
+    c, rng, gen = _case(seed)
+    q, k, _ = _qkv(c, gen, DTYPES[dtype])
+    bd = _boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
+    nqb = reference.num_query_blocks(c.seq, c.block_size)
+    out = (torch.full((c.batch, nqb, c.budget), POISON_INT, dtype=torch.int32, device="cuda"),
+           torch.full((c.batch, nqb), -7, dtype=torch.int32, device="cuda"))
+    kernels.select_keys(q, k, bd, *_sel_attrs(c), out=out)
+    ref_idx, ref_cnt = reference.select_keys(q, k, bd, *_sel_attrs(c))
+    scores = reference.selection_scores(q, k, bd, c.block_size, c.instruction_tokens)
+    assert_same_selection(out[0].cpu().numpy(), out[1].cpu().numpy(), ref_idx.cpu().numpy(), ref_cnt.cpu().numpy(),
+                          scores.cpu().numpy(), bd.cpu().numpy(), tol=1e-4 if dtype != "fp32" else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(N_CASES))
+def test_chunk_boundaries(kernels, dtype, case_id, seed):
+    c, rng, gen = _case(seed)
+    _, k, _ = _qkv(c, gen, DTYPES[dtype])
+    n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
+    window, radius = rng.choice([1, 2, 4]), rng.choice([0, 2, 8])
+    common = (c.block_size, c.chunk_beta, c.block_size, window, radius)
+    for method, thr in (("scores", 0.25), ("fixed", 0.0), ("similarity", 0.0)):
+        scores = torch.randn(c.batch, c.seq, generator=gen, device="cuda") if method == "scores" else None
+        out = torch.full((c.batch, n + 1), POISON_INT, dtype=torch.int32, device="cuda")
+        kernels.chunk_boundaries(k, scores, method, *common, thr, c.instruction_tokens, out=out)
+        ref = reference.chunk_boundaries(k, scores, method, *common, thr, c.instruction_tokens)
+        if method == "similarity":
+            assert_same_boundaries(out.cpu().numpy(), ref.cpu().numpy(),
+                                   reference.similarity_scores(k, window).cpu().numpy(), tol=1e-4)
+        else:
+            np.testing.assert_array_equal(out.cpu().numpy(), ref.cpu().numpy(), err_msg=method)
+
+
+@pytest.mark.parametrize("seq,hq,hkv,dim", [(32768, 8, 4, 256), (131072, 8, 4, 256), (131072, 32, 8, 128),
+                                            (100003, 8, 4, 256)])
+def test_long_sequences_bf16(kernels, seq, hq, hkv, dim, seed):
+    """The whole pipeline at long L (gemma2-2b and llama-8b shapes): boundaries, selection, attention."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, hq, seq, dim, generator=gen, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, hkv, seq, dim, generator=gen, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, hkv, seq, dim, generator=gen, device="cuda", dtype=torch.bfloat16)
+    block, budget, local, glob, instr = 128, 2048, 128, 128, 64
+    bd = kernels.chunk_boundaries(k, None, "similarity", block, 8, block, 4, 2, 0.0, instr)
+    bd_ref = reference.chunk_boundaries(k, None, "similarity", block, 8, block, 4, 2, 0.0, instr)
+    assert_same_boundaries(bd.cpu().numpy(), bd_ref.cpu().numpy(),
+                           reference.similarity_scores(k, 4).cpu().numpy(), tol=1e-4)
+    idx, cnt = kernels.select_keys(q, k, bd_ref, block, budget, local, glob, 0, instr)
+    ref_idx, ref_cnt = reference.select_keys(q, k, bd_ref, block, budget, local, glob, 0, instr)
+    scores = reference.selection_scores(q, k, bd_ref, block, instr)
+    assert_same_selection(idx.cpu().numpy(), cnt.cpu().numpy(), ref_idx.cpu().numpy(), ref_cnt.cpu().numpy(),
+                          scores.cpu().numpy(), bd_ref.cpu().numpy(), tol=1e-4)
+    out = torch.full_like(q, float("nan"))
+    kernels.sparse_attention(q, k, v, ref_idx, ref_cnt, block, dim ** -0.5, 0.0, 0, instr, out=out)
+    ref = reference.sparse_attention(q, k, v, ref_idx, ref_cnt, block, dim ** -0.5, 0.0, 0, instr)
+    assert not out.isnan().any()
+    assert (out.float() - ref.float()).abs().max().item() <= 2 * TOL["bf16"]
+
+
+def test_softcap_and_sliding_window_long(kernels, seed):
+    """Gemma2 sliding layer at 16K: window 4096, soft-capping 50."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, 8, 16384, 256, generator=gen, device="cuda", dtype=torch.bfloat16) * 3
+    k = torch.randn(1, 4, 16384, 256, generator=gen, device="cuda", dtype=torch.bfloat16) * 3
+    v = torch.randn(1, 4, 16384, 256, generator=gen, device="cuda", dtype=torch.bfloat16)
+    bd = reference.chunk_boundaries(k, None, "similarity", 128, 8, 128, 4, 2, 0.0, 64)
+    idx, cnt = reference.select_keys(q, k, bd, 128, 2048, 128, 128, 4096, 64)
+    out = torch.full_like(q, float("nan"))
+    kernels.sparse_attention(q, k, v, idx, cnt, 128, 256 ** -0.5, 50.0, 4096, 64, out=out)
+    ref = reference.sparse_attention(q, k, v, idx, cnt, 128, 256 ** -0.5, 50.0, 4096, 64)
+    assert (out.float() - ref.float()).abs().max().item() <= 2 * TOL["bf16"]
+
+
+def test_torch_ops_dispatch_to_cuda_kernels(seed):
+    """After enable_cuda_kernels(), torch.ops.dhsa.* on CUDA tensors run the native kernels."""
+    from dhsa_export.native import enable_cuda_kernels
+    from dhsa_export.ops import library as ops
+
+    enable_cuda_kernels()
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(2, 4, 500, 128, generator=gen, device="cuda", dtype=torch.float16)
+    k = torch.randn(2, 2, 500, 128, generator=gen, device="cuda", dtype=torch.float16)
+    bd = ops.chunk_boundaries(k, None, "fixed", 64, 8, 64, 4, 2, 0.0, 16)
+    idx, cnt = ops.select_keys(q, k, bd, 64, 256, 64, 64, 0, 16)
+    out = ops.sparse_attention(q, k, k, idx, cnt, 64, 0.1, 0.0, 0, 16)
+    ref = reference.sparse_attention(q, k, k, *reference.select_keys(q, k, bd, 64, 256, 64, 64, 0, 16), 64, 0.1, 0.0,
+                                     0, 16)
+    assert (out.float() - ref.float()).abs().max().item() <= TOL["fp16"]
