@@ -12,6 +12,53 @@ namespace {
 constexpr int kScoreWarps = 8;
 constexpr int kSelectThreads = 1024;
 
+constexpr int kTilePositions = 64, kTileChannels = 32, kMaxTiledWindow = 16;
+
+// Cut scores for 64 consecutive positions per CTA: key rows are staged through shared memory in
+// 32-channel slices, so each key is read ~once instead of 2w times.
+template <typename T>
+__global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict__ key, int heads, int seq, int dim,
+                                                             int window, float* __restrict__ scores) {
+  __shared__ float rows[kTilePositions + 2 * kMaxTiledWindow - 1][kTileChannels + 1];
+  const int b = blockIdx.y, p0 = blockIdx.x * kTilePositions;
+  const int pi = threadIdx.x / 4, sub = threadIdx.x % 4, p = p0 + pi;
+  const int n_rows = kTilePositions + 2 * window - 1, first = p0 - window + 1;
+  const int channels = heads * dim;
+  float dot = 0.f, nl = 0.f, nr = 0.f;
+  for (int e0 = 0; e0 < channels; e0 += kTileChannels) {
+    __syncthreads();
+    for (int x = threadIdx.x; x < n_rows * kTileChannels; x += blockDim.x) {
+      const int r = x / kTileChannels, c = x % kTileChannels, j = first + r, e = e0 + c;
+      float v = 0.f;
+      if (j >= 0 && j < seq && e < channels)
+        v = to_float(key[((static_cast<int64_t>(b) * heads + e / dim) * seq + j) * dim + e % dim]);
+      rows[r][c] = v;
+    }
+    __syncthreads();
+    for (int c = sub * 8; c < sub * 8 + 8; ++c) {
+      float left = 0.f, right = 0.f;
+      for (int i = 0; i < window; ++i) {
+        left += rows[pi + i][c];
+        right += rows[pi + window + i][c];
+      }
+      dot += left * right;
+      nl += left * left;
+      nr += right * right;
+    }
+  }
+  for (int o = 1; o <= 2; o <<= 1) {
+    dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    nl += __shfl_xor_sync(0xffffffffu, nl, o);
+    nr += __shfl_xor_sync(0xffffffffu, nr, o);
+  }
+  if (sub == 0 && p < seq) {
+    float out = -INFINITY;
+    if (p >= window - 1 && p + window < seq) out = 1.f - dot / fmaxf(sqrtf(nl) * sqrtf(nr), 1e-12f);
+    scores[static_cast<int64_t>(b) * seq + p] = isnan(out) ? -INFINITY : out;
+  }
+}
+
+// Windows wider than the tiled kernel stages, and given scores: one warp per position.
 template <typename T>
 __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restrict__ given, int heads, int seq,
                                 int dim, int window, float* __restrict__ scores) {
@@ -61,47 +108,6 @@ __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, i
       ok ? (static_cast<uint64_t>(orderable(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(p)) : 0ull;
 }
 
-// The k-th largest key (k >= 1) of n keys, with per-item weights: returns the key at which the running
-// weight from the top reaches k, and in *rest the weight still to take from that key's item.
-template <int kThreads, typename KeyAt, typename WeightAt>
-__device__ uint64_t RadixSelect(int n, int64_t k, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
-  __shared__ unsigned long long hist[256];
-  __shared__ uint64_t prefix_s;
-  __shared__ int64_t k_s;
-  if (threadIdx.x == 0) {
-    prefix_s = 0;
-    k_s = k;
-  }
-  __syncthreads();
-  uint64_t mask = 0;
-  for (int digit = 7; digit >= 0; --digit) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
-    __syncthreads();
-    const uint64_t prefix = prefix_s;
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const uint64_t key = key_at(i);
-      const int64_t w = weight_at(i);
-      if (w > 0 && (key & mask) == prefix)
-        atomicAdd(&hist[(key >> (8 * digit)) & 0xff], static_cast<unsigned long long>(w));
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t need = k_s;
-      int v = 255;
-      for (; v > 0; --v) {
-        if (static_cast<int64_t>(hist[v]) >= need) break;
-        need -= static_cast<int64_t>(hist[v]);
-      }
-      prefix_s = prefix | (static_cast<uint64_t>(v) << (8 * digit));
-      k_s = need;
-    }
-    mask |= 0xffull << (8 * digit);
-    __syncthreads();
-  }
-  *rest = k_s;
-  return prefix_s;
-}
-
 // One CTA per sample: keep the `take` best candidates, write cuts + 1 in position order, then the
 // forced instruction cut (always after every candidate), padding stays L.
 __global__ void __launch_bounds__(kSelectThreads) WriteCutsKernel(const uint64_t* __restrict__ keys, int seq,
@@ -128,7 +134,7 @@ __global__ void __launch_bounds__(kSelectThreads) WriteCutsKernel(const uint64_t
   uint64_t kth = ~0ull;
   if (k > 0) {
     int64_t rest;
-    kth = RadixSelect<kSelectThreads>(
+    kth = BlockRadixSelect<kSelectThreads>(
         seq, k, [&](int i) { return key[i]; }, [&](int i) { return static_cast<int64_t>(key[i] != 0); }, &rest);
   }
   // Write selected positions in ascending order: each thread owns a contiguous slice of positions.
@@ -169,9 +175,15 @@ struct Launch {
     DHSA_RETURN_IF_ERROR(ws.status());
     float* cut = ws.take<float>(key.b * key.l);
     uint64_t* keys = ws.take<uint64_t>(key.b * key.l);
-    CutScoresKernel<T><<<dim3((seq + kScoreWarps - 1) / kScoreWarps, batch), kScoreWarps * 32, 0, stream>>>(
-        static_cast<const T*>(key.data), a.method == BoundaryMethod::kScores ? scores : nullptr,
-        static_cast<int>(key.h), seq, static_cast<int>(key.d), static_cast<int>(a.window), cut);
+    if (a.method == BoundaryMethod::kSimilarity && a.window <= kMaxTiledWindow) {
+      CutScoresTiledKernel<T><<<dim3((seq + kTilePositions - 1) / kTilePositions, batch), 256, 0, stream>>>(
+          static_cast<const T*>(key.data), static_cast<int>(key.h), seq, static_cast<int>(key.d),
+          static_cast<int>(a.window), cut);
+    } else {
+      CutScoresKernel<T><<<dim3((seq + kScoreWarps - 1) / kScoreWarps, batch), kScoreWarps * 32, 0, stream>>>(
+          static_cast<const T*>(key.data), a.method == BoundaryMethod::kScores ? scores : nullptr,
+          static_cast<int>(key.h), seq, static_cast<int>(key.d), static_cast<int>(a.window), cut);
+    }
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "CutScoresKernel");
     const int64_t tail = std::min<int64_t>(a.instruction_tokens, key.l);
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;

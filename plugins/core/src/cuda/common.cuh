@@ -38,6 +38,57 @@ __device__ __forceinline__ uint32_t orderable(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// The item at which the running weight, from the largest key down, reaches k (k >= 1), by an MSB-first
+// radix select over 64-bit keys with per-item integer weights; *rest = weight still to take from that
+// item. Keys must be unique among items of positive weight. Warp-aggregated histogram atomics: the
+// leading digits of float scores are nearly all equal, so plain atomics would serialise.
+template <int kThreads, typename KeyAt, typename WeightAt>
+__device__ uint64_t BlockRadixSelect(int n, int64_t k, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
+  __shared__ unsigned long long hist[256];
+  __shared__ uint64_t prefix_s;
+  __shared__ int64_t k_s;
+  if (threadIdx.x == 0) {
+    prefix_s = 0;
+    k_s = k;
+  }
+  __syncthreads();
+  uint64_t mask = 0;
+  for (int digit = 7; digit >= 0; --digit) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
+    __syncthreads();
+    const uint64_t prefix = prefix_s;
+    for (int i0 = 0; i0 < n; i0 += kThreads) {  // uniform trip count: whole warps reach the sync intrinsics
+      const int i = i0 + static_cast<int>(threadIdx.x);
+      unsigned w = 0;
+      int bin = 256;
+      if (i < n) {
+        w = static_cast<unsigned>(weight_at(i));
+        const uint64_t key = key_at(i);
+        if (w > 0 && (key & mask) == prefix) bin = static_cast<int>((key >> (8 * digit)) & 0xff);
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      const unsigned total = __reduce_add_sync(peers, bin < 256 ? w : 0u);
+      if (bin < 256 && (threadIdx.x % 32) == static_cast<unsigned>(__ffs(peers) - 1))
+        atomicAdd(&hist[bin], static_cast<unsigned long long>(total));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int64_t need = k_s;
+      int v = 255;
+      for (; v > 0; --v) {
+        if (static_cast<int64_t>(hist[v]) >= need) break;
+        need -= static_cast<int64_t>(hist[v]);
+      }
+      prefix_s = prefix | (static_cast<uint64_t>(v) << (8 * digit));
+      k_s = need;
+    }
+    mask |= 0xffull << (8 * digit);
+    __syncthreads();
+  }
+  *rest = k_s;
+  return prefix_s;
+}
+
 inline Status CudaStatus(cudaError_t err, const char* op, const char* what) {
   if (err == cudaSuccess) return Status::Ok();
   std::ostringstream os;

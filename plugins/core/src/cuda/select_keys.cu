@@ -34,59 +34,27 @@ __global__ void ChunkRepsKernel(const T* __restrict__ key, const int32_t* __rest
   }
 }
 
-// q_i = mean over the block's sparse queries and all query heads.
+// q_i = mean over the block's sparse queries and all query heads; blockDim = kParts * dim threads,
+// each part summing every kParts-th (token, head) pair, then a shared-memory reduction.
+constexpr int kParts = 4;
 template <typename T>
 __global__ void QueryRepsKernel(const T* __restrict__ query, int heads, int seq, int dim, int block, int tail0,
                                 float* __restrict__ reps) {
+  extern __shared__ double part_sums[];  // (kParts, dim)
   const int i = blockIdx.x, b = blockIdx.y, nqb = gridDim.x;
-  const int s = i * block, e = min(s + block, tail0);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-    double acc = 0.0;
-    for (int h = 0; h < heads; ++h) {
-      const T* base = query + (static_cast<int64_t>(b) * heads + h) * seq * dim + d;
-      for (int t = s; t < e; ++t) acc += to_float(base[static_cast<int64_t>(t) * dim]);
-    }
-    reps[(static_cast<int64_t>(b) * nqb + i) * dim + d] = e > s ? static_cast<float>(acc / heads / (e - s)) : 0.f;
+  const int s = i * block, e = min(s + block, tail0), n = max(e - s, 0);
+  const int d = threadIdx.x % dim, part = threadIdx.x / dim;
+  double acc = 0.0;
+  for (int x = part; x < n * heads; x += kParts) {
+    const int t = s + x / heads, h = x % heads;
+    acc += to_float(query[((static_cast<int64_t>(b) * heads + h) * seq + t) * dim + d]);
   }
-}
-
-template <int kT, typename KeyAt, typename WeightAt>
-__device__ uint64_t WeightedRadixSelect(int n, int64_t k, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
-  __shared__ unsigned long long hist[256];
-  __shared__ uint64_t prefix_s;
-  __shared__ int64_t k_s;
-  if (threadIdx.x == 0) {
-    prefix_s = 0;
-    k_s = k;
-  }
+  part_sums[part * dim + d] = acc;
   __syncthreads();
-  uint64_t mask = 0;
-  for (int digit = 7; digit >= 0; --digit) {
-    for (int i = threadIdx.x; i < 256; i += kT) hist[i] = 0;
-    __syncthreads();
-    const uint64_t prefix = prefix_s;
-    for (int i = threadIdx.x; i < n; i += kT) {
-      const int64_t w = weight_at(i);
-      const uint64_t key = key_at(i);
-      if (w > 0 && (key & mask) == prefix)
-        atomicAdd(&hist[(key >> (8 * digit)) & 0xff], static_cast<unsigned long long>(w));
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t need = k_s;
-      int v = 255;
-      for (; v > 0; --v) {
-        if (static_cast<int64_t>(hist[v]) >= need) break;
-        need -= static_cast<int64_t>(hist[v]);
-      }
-      prefix_s = prefix | (static_cast<uint64_t>(v) << (8 * digit));
-      k_s = need;
-    }
-    mask |= 0xffull << (8 * digit);
-    __syncthreads();
+  if (part == 0) {
+    for (int q = 1; q < kParts; ++q) acc += part_sums[q * dim + d];
+    reps[(static_cast<int64_t>(b) * nqb + i) * dim + d] = n > 0 ? static_cast<float>(acc / heads / n) : 0.f;
   }
-  *rest = k_s;
-  return prefix_s;
 }
 
 __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict__ qreps,
@@ -149,7 +117,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
   int64_t rest = 0;
   uint64_t kth = ~0ull;
   if (remaining > 0)
-    kth = WeightedRadixSelect<kThreads>(
+    kth = BlockRadixSelect<kThreads>(
         m, remaining,
         [&](int j) { return (static_cast<uint64_t>(orderable(score[j])) << 32) | static_cast<uint32_t>(c0 + j); },
         [&](int j) { return static_cast<int64_t>(weight[j]); }, &rest);
@@ -204,7 +172,8 @@ struct Launch {
                                                               static_cast<int>(k.h), seq, dim,
                                                               static_cast<int>(n_plus_1), kreps);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "ChunkRepsKernel");
-    QueryRepsKernel<T><<<dim3(nqb, batch), threads, 0, stream>>>(
+    if (dim > 256) return Status::Error(std::string(op) + ": head dim above 256 is not supported on CUDA");
+    QueryRepsKernel<T><<<dim3(nqb, batch), kParts * dim, kParts * dim * sizeof(double), stream>>>(
         static_cast<const T*>(q.data), static_cast<int>(q.h), seq, dim, static_cast<int>(a.block_size),
         static_cast<int>(tail_start(q.l, a.instruction_tokens)), qreps);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "QueryRepsKernel");

@@ -401,8 +401,9 @@ __global__ void RowKernel(Params p, int dim) {
   }
 }
 
+// Key splits of the dense tail: enough CTAs to fill the GPU at short L, at most 64 (workspace).
 int TailSplits(int range, int* split_keys) {
-  int splits = std::max(1, std::min(128, (range + 2047) / 2048));
+  int splits = std::max(1, std::min(64, (range + 511) / 512));
   *split_keys = (range + splits - 1) / splits;
   *split_keys = (*split_keys + 63) / 64 * 64;
   splits = std::max(1, (range + *split_keys - 1) / *split_keys);
