@@ -8,9 +8,7 @@ runtime (dhsa-check niah --onnx).
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from .attention import disable_dhsa, enable_dhsa
 from .config import DHSAConfig
 from .errors import ConfigError
+from .files import atomic_write
 
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
          "memorize it. I will quiz you about it.\n\n")
@@ -124,22 +123,26 @@ def method_label(method: str, budget: int | None) -> str:
 
 def run_grid(model, tokenizer, prompts: Sequence[Prompt], base: DHSAConfig, budgets: Sequence[int],
              methods: Sequence[str] = ("dense", "dhsa", "block-sparse"), new_tokens: int = 8,
-             progress: Callable[[str], None] = print, runner_factory=None) -> list[Result]:
-    """Every prompt through every (method, budget); returns one Result per run."""
+             progress: Callable[[str], None] = print, extra_runners: dict[str, Runner] | None = None) -> list[Result]:
+    """Every prompt through every (method, budget), then through each extra runner (a deployed model);
+    returns one Result per run."""
     plan: list[tuple[str, int | None]] = []
     if "dense" in methods:
         plan.append(("dense", None))
     plan += [(m, b) for b in budgets for m in methods if m != "dense"]
+    plan += [(label, None) for label in extra_runners or {}]
     results: list[Result] = []
     total = len(plan) * len(prompts)
-    runner_factory = runner_factory or (lambda m: torch_runner(m, new_tokens))
     k = 0
     for method, budget in plan:
-        if method == "dense":
+        if extra_runners and method in extra_runners:
+            run = extra_runners[method]
+        elif method == "dense":
             disable_dhsa(model)
+            run = torch_runner(model, new_tokens)
         else:
             enable_dhsa(model, config_for_budget(base, budget, method))
-        run = runner_factory(model)
+            run = torch_runner(model, new_tokens)
         label = method_label(method, budget)
         for p in prompts:
             k += 1
@@ -177,24 +180,11 @@ def markdown_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_json(results: Sequence[Result], path: Path, meta: dict) -> None:
     data = {"meta": meta, "summary": {m: {str(L): list(c) for L, c in row.items()}
                                       for m, row in summarize(results).items()},
             "results": [asdict(r) for r in results]}
-    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1)))
 
 
 def save_heatmap(results: Sequence[Result], path: Path, title: str) -> None:
@@ -231,5 +221,5 @@ def save_heatmap(results: Sequence[Result], path: Path, title: str) -> None:
         ax.set_ylabel("needle depth", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 
@@ -30,7 +31,15 @@ def main() -> int:
         opts.register_custom_ops_library(args.library)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(args.folder) / onnx_path.stem)
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        model = onnx.load(str(onnx_path))
+        out = model.graph.output[0]
+        if out.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16:  # numpy has no bfloat16: cast at the end
+            model.graph.node.append(onnx.helper.make_node("Cast", [out.name], ["logits_f32"], to=onnx.TensorProto.FLOAT))
+            model.graph.output.remove(out)
+            model.graph.output.append(onnx.helper.make_tensor_value_info("logits_f32", onnx.TensorProto.FLOAT, None))
+        # TF32 off: fp32 models are compared at fp32 tolerance.
+        sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"])
         ids = ref[f"{onnx_path.stem}.ids"]
         want = ref[f"{onnx_path.stem}.logits"]
         got = sess.run(None, {"input_ids": ids})[0].astype(np.float32)
@@ -38,11 +47,16 @@ def main() -> int:
         dhsa = {(e["args"].get("op_name"), e["args"].get("provider")) for e in prof
                 if e.get("cat") == "Node" and str(e["args"].get("op_name", "")).startswith("Dhsa")}
         err = float(np.abs(got - want).max())
-        tol = args.tol if "fp32" in onnx_path.stem else 5e-2
-        ok = err <= tol and all(p == "CUDAExecutionProvider" for _, p in dhsa) and dhsa
+        cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+        top1 = float((got.argmax(-1) == want.argmax(-1)).mean())
+        on_cuda = bool(dhsa) and all(p == "CUDAExecutionProvider" for _, p in dhsa)
+        if "fp32" in onnx_path.stem:
+            ok = on_cuda and err <= args.tol
+        else:  # bf16 runs of two different implementations: compare distributions, not bits
+            ok = on_cuda and cos >= 0.999 and top1 >= 0.98
         failures += not ok
-        print(f"{onnx_path.name}: max |ORT CUDA - PyTorch| = {err:.2e} (tol {tol}); dhsa nodes on {sorted(dhsa)} "
-              f"-> {'ok' if ok else 'FAIL'}")
+        print(f"{onnx_path.name}: max|diff| {err:.2e}, cosine {cos:.6f}, top-1 agreement {top1:.3f}; "
+              f"dhsa nodes on {sorted({p for _, p in dhsa})} -> {'ok' if ok else 'FAIL'}")
     return 1 if failures else 0
 
 

@@ -19,25 +19,6 @@ from .models import tiny, token_ids
 EXPORT = [sys.executable, "-m", "dhsa_export.cli.export"]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(name, flavour) -> path, exported once per module."""
-    cache = {}
-    root = tmp_path_factory.mktemp("onnx")
-
-    def get(name: str, flavour: str):
-        if (name, flavour) not in cache:
-            recipe, model = tiny(name)
-            attention.disable_dhsa(model)
-            loaded = type("Loaded", (), {"model": model, "source": type("S", (), {"description": "test"})()})
-            cache[name, flavour] = export.export(recipe, root / f"{name}-{flavour}.onnx", flavour=flavour,
-                                                 loaded=loaded).path
-            attention.disable_dhsa(model)
-        return cache[name, flavour]
-
-    return get
-
-
 @pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
 @pytest.mark.parametrize("flavour", ["plugin", "portable"])
 def test_export_is_valid_onnx(exported, name, flavour):

