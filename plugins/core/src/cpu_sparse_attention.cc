@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dhsa/cpu.h"
+#include "dhsa/cpu_math.h"
 
 namespace dhsa {
 namespace cpu {
@@ -22,10 +23,7 @@ void AttendRow(const float* q, const float* keys, const float* values, const int
       logits[j] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    const float* kj = keys + j * d;
-    float dot = 0.f;
-    for (int64_t x = 0; x < d; ++x) dot += q[x] * kj[x];
-    float v = dot * a.scale;
+    float v = Dot(q, keys + j * d, d) * a.scale;
     if (a.softcap > 0.f) v = std::tanh(v / a.softcap) * a.softcap;
     logits[j] = v;
     mx = std::max(mx, v);
@@ -37,8 +35,7 @@ void AttendRow(const float* q, const float* keys, const float* values, const int
     if (logits[j] == -std::numeric_limits<float>::infinity()) continue;
     const float p = std::exp(logits[j] - mx);
     sum += p;
-    const float* vj = values + j * d;
-    for (int64_t x = 0; x < d; ++x) out[x] += p * vj[x];
+    Axpy(p, values + j * d, out, d);
   }
   const float inv = 1.f / sum;
   for (int64_t x = 0; x < d; ++x) out[x] *= inv;

