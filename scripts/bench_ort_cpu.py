@@ -52,16 +52,19 @@ def main() -> None:
     ap.add_argument("--lengths", default="1024,2048,4096,8192")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--layers", choices=["all", "global", "sliding"], help="override the recipe's DHSA layers")
     ap.add_argument("--work", default="build/bench-ort-cpu", help="folder for the exported models")
     ap.add_argument("--out", default="benchmarks/ort-cpu.json")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    models = {"dense": work / f"{args.model}-dense.onnx", "dhsa": work / f"{args.model}-dhsa.onnx"}
+    tag = f"-{args.layers}" if args.layers else ""
+    models = {"dense": work / f"{args.model}-dense.onnx", "dhsa": work / f"{args.model}-dhsa{tag}.onnx"}
     for kind, path in models.items():
         if not path.exists():
             cmd = [sys.executable, "-m", "dhsa_export.cli.export", args.model, "--out", str(path), "--logits", "last"]
-            subprocess.run(cmd + (["--dense"] if kind == "dense" else []), check=True, cwd=ROOT)
+            extra = ["--dense"] if kind == "dense" else (["--layers", args.layers] if args.layers else [])
+            subprocess.run(cmd + extra, check=True, cwd=ROOT)
     rows = []
     for seq in (int(x) for x in args.lengths.split(",")):
         row = {"seq": seq}
@@ -79,7 +82,8 @@ def main() -> None:
 
     from dhsa_export import recipes
 
-    meta = {"model": args.model, "dhsa": recipes.load(args.model).dhsa.model_dump(), "machine": platform.machine(),
+    dhsa = recipes.load(args.model).dhsa.replace(layers=args.layers)
+    meta = {"model": args.model, "dhsa": dhsa.model_dump(), "machine": platform.machine(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
             "onnxruntime": onnxruntime.__version__, "runs": args.runs, "input": "random token ids, batch 1",
             "logits": "last position only"}
