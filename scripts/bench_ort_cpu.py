@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--layers", choices=["all", "global", "sliding"], help="override the recipe's DHSA layers")
+    ap.add_argument("--portable", action="store_true", help="also time the --ops portable export (stock ORT)")
     ap.add_argument("--work", default="build/bench-ort-cpu", help="folder for the exported models")
     ap.add_argument("--out", default="benchmarks/ort-cpu.json")
     args = ap.parse_args()
@@ -60,10 +61,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.layers}" if args.layers else ""
     models = {"dense": work / f"{args.model}-dense.onnx", "dhsa": work / f"{args.model}-dhsa{tag}.onnx"}
+    if args.portable:
+        models["portable"] = work / f"{args.model}-portable{tag}.onnx"
     for kind, path in models.items():
         if not path.exists():
             cmd = [sys.executable, "-m", "dhsa_export.cli.export", args.model, "--out", str(path), "--logits", "last"]
             extra = ["--dense"] if kind == "dense" else (["--layers", args.layers] if args.layers else [])
+            extra += ["--ops", "portable"] if kind == "portable" else []
             subprocess.run(cmd + extra, check=True, cwd=ROOT)
     rows = []
     for seq in (int(x) for x in args.lengths.split(",")):
@@ -77,6 +81,8 @@ def main() -> None:
             print(f"L={seq} {kind}: {res['median_s']:.2f} s (runs {[round(t, 2) for t in res['times_s']]}), "
                   f"peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
         row["speedup"] = round(row["dense_s"] / row["dhsa_s"], 2)
+        if "portable_s" in row:
+            row["portable_speedup"] = round(row["dense_s"] / row["portable_s"], 2)
         rows.append(row)
     import onnxruntime
 
@@ -89,10 +95,13 @@ def main() -> None:
             "logits": "last position only"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print("\n| L | dense s | DHSA s | speedup | dense peak RSS MiB | DHSA peak RSS MiB |\n|---|---|---|---|---|---|")
+    kinds = list(models)
+    print("\n| L | " + " | ".join(f"{k} s" for k in kinds) + " | DHSA speedup | "
+          + " | ".join(f"{k} peak RSS MiB" for k in kinds) + " |")
+    print("|---|" + "---|" * (2 * len(kinds) + 1))
     for r in rows:
-        print(f"| {r['seq']} | {r['dense_s']} | {r['dhsa_s']} | {r['speedup']}x | {r['dense_peak_rss_mib']} | "
-              f"{r['dhsa_peak_rss_mib']} |")
+        print(f"| {r['seq']} | " + " | ".join(str(r[f"{k}_s"]) for k in kinds) + f" | {r['speedup']}x | "
+              + " | ".join(str(r[f"{k}_peak_rss_mib"]) for k in kinds) + " |")
 
 
 if __name__ == "__main__":

@@ -134,3 +134,11 @@ def test_gemma3_270m_passes_fp32_gates(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rep = _report(tmp_path / "rep")
     assert rep["logits"]["cosine"] >= 0.9999 and rep["logits"]["top1"] == 1.0 and rep["logits"]["greedy"] == 1.0
+    # The passkey grid through the deployed runtime, beside PyTorch dense and DHSA.
+    r = subprocess.run([sys.executable, "-m", "dhsa_export.cli.check", "niah", "gemma3-270m", "--lengths", "1024",
+                        "--depths", "0.5", "--keys", "1", "--budgets", "512", "--methods", "dense,dhsa",
+                        "--onnx", str(path), "--out", str(tmp_path / "niah")], capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = {x["method"]: x for x in json.loads((tmp_path / "niah" / "niah.json").read_text())["results"]}
+    assert results["onnx-cpu"]["correct"] and results["onnx-cpu"]["answer"] == results["dhsa@512"]["answer"]
