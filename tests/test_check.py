@@ -141,4 +141,4 @@ def test_gemma3_270m_passes_fp32_gates(tmp_path):
                        timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     results = {x["method"]: x for x in json.loads((tmp_path / "niah" / "niah.json").read_text())["results"]}
-    assert results["onnx-cpu"]["correct"] and results["onnx-cpu"]["answer"] == results["dhsa@512"]["answer"]
+    assert results["onnx-cpu"]["correct"] and results["dhsa@512"]["correct"]
