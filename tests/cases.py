@@ -51,3 +51,12 @@ def tensors(case: Case, gen: torch.Generator, dtype=torch.float32):
     k = torch.randn(case.batch, case.hkv, case.seq, case.dim, generator=gen).to(dtype)
     v = torch.randn(case.batch, case.hkv, case.seq, case.dim, generator=gen).to(dtype)
     return q, k, v
+
+
+def random_boundaries(rng: random.Random, batch: int, seq: int, n: int, device="cpu") -> torch.Tensor:
+    """(B, n + 1) int32 rows: different per sample, with empty chunks and padding with L."""
+    rows = []
+    for _ in range(batch):
+        cuts = sorted(rng.randint(0, seq) for _ in range(rng.randint(0, n - 1)))
+        rows.append([0] + cuts + [seq] * (n - len(cuts)))
+    return torch.tensor(rows, dtype=torch.int32, device=device)

@@ -11,7 +11,7 @@ import torch
 
 from dhsa_export.ops import reference
 
-from .cases import Case, random_case
+from .cases import Case, random_boundaries, random_case
 from .compare import assert_same_boundaries, assert_same_selection
 
 pytestmark = [pytest.mark.cuda,
@@ -47,14 +47,6 @@ def _qkv(c: Case, gen, dtype):
     return q, k, v
 
 
-def _boundaries(rng, batch, seq, n):
-    rows = []
-    for _ in range(batch):
-        cuts = sorted(rng.randint(0, seq) for _ in range(rng.randint(0, n - 1)))
-        rows.append([0] + cuts + [seq] * (n - len(cuts)))
-    return torch.tensor(rows, dtype=torch.int32, device="cuda")
-
-
 def _sel_attrs(c):
     return (c.block_size, c.budget, c.local_tokens, c.global_tokens, c.sliding_window, c.instruction_tokens)
 
@@ -64,7 +56,7 @@ def _sel_attrs(c):
 def test_sparse_attention(kernels, dtype, case_id, seed):
     c, rng, gen = _case(seed)
     q, k, v = _qkv(c, gen, DTYPES[dtype])
-    bd = _boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
+    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta), "cuda")
     idx, cnt = reference.select_keys(q.float(), k.float(), bd, *_sel_attrs(c))
     out = torch.full_like(q, float("nan"))
     kernels.sparse_attention(q, k, v, idx, cnt, c.block_size, c.scale, c.softcap, c.sliding_window,
@@ -83,7 +75,7 @@ def test_sparse_attention(kernels, dtype, case_id, seed):
 def test_select_keys(kernels, dtype, case_id, seed):
     c, rng, gen = _case(seed)
     q, k, _ = _qkv(c, gen, DTYPES[dtype])
-    bd = _boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
+    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta), "cuda")
     nqb = reference.num_query_blocks(c.seq, c.block_size)
     out = (torch.full((c.batch, nqb, c.budget), POISON_INT, dtype=torch.int32, device="cuda"),
            torch.full((c.batch, nqb), -7, dtype=torch.int32, device="cuda"))

@@ -14,7 +14,7 @@ from onnx import helper
 from dhsa_export.ops import reference
 
 from . import ort_ops
-from .cases import Case, random_case, tensors
+from .cases import Case, random_boundaries, random_case, tensors
 from .compare import assert_same_boundaries, assert_same_selection
 
 N_CASES = 100
@@ -38,14 +38,6 @@ def _attrs_attention(c: Case) -> dict:
                 instruction_tokens=c.instruction_tokens)
 
 
-def random_boundaries(rng: random.Random, batch: int, seq: int, n: int) -> np.ndarray:
-    rows = []
-    for _ in range(batch):
-        cuts = sorted(rng.randint(0, seq) for _ in range(rng.randint(0, n - 1)))
-        rows.append([0] + cuts + [seq] * (n - len(cuts)))
-    return np.array(rows, dtype=np.int32)
-
-
 @pytest.mark.parametrize("case_id", range(N_CASES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_select_keys(case_id, dtype, seed):
@@ -54,7 +46,7 @@ def test_select_keys(case_id, dtype, seed):
     tdt = torch.float16 if dtype == np.float16 else torch.float32
     q, k = q.to(tdt), k.to(tdt)
     n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
-    bd = random_boundaries(rng, c.batch, c.seq, n)
+    bd = random_boundaries(rng, c.batch, c.seq, n).numpy()
     ref_idx, ref_cnt = reference.select_keys(q, k, torch.from_numpy(bd), **_attrs_select(c))
     nqb = ref_idx.shape[1]
     idx, cnt = ort_ops.select_keys(q.numpy(), k.numpy(), bd, _attrs_select(c), nqb)
@@ -69,7 +61,7 @@ def test_sparse_attention(case_id, dtype, seed):
     tdt = torch.float16 if dtype == np.float16 else torch.float32
     q, k, v = (t.to(tdt) for t in tensors(c, gen))
     n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
-    bd = torch.from_numpy(random_boundaries(rng, c.batch, c.seq, n))
+    bd = random_boundaries(rng, c.batch, c.seq, n)
     idx, cnt = reference.select_keys(q, k, bd, **_attrs_select(c))
     ref = reference.sparse_attention(q, k, v, idx, cnt, **_attrs_attention(c))
     got = ort_ops.sparse_attention(q.numpy(), k.numpy(), v.numpy(), idx.numpy(), cnt.numpy(), _attrs_attention(c))

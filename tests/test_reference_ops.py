@@ -10,7 +10,7 @@ from dhsa_export.ops import OpInputError, reference
 from dhsa_export.ops import library as ops
 
 from . import naive
-from .cases import random_case, tensors
+from .cases import random_boundaries, random_case, tensors
 
 N_CASES = 60
 
@@ -62,16 +62,6 @@ def test_fixed_boundaries(seq, chunk, beta, block):
     assert _boundaries_list(bd, 0) == expect and _boundaries_list(bd, 1) == expect
 
 
-def _random_boundaries(rng: random.Random, batch: int, seq: int, n: int) -> torch.Tensor:
-    """Different boundaries per sample, with empty chunks and padding."""
-    rows = []
-    for _ in range(batch):
-        cuts = sorted(rng.randint(0, seq) for _ in range(rng.randint(0, n - 1)))
-        row = [0] + cuts + [seq] * (n + 1 - 1 - len(cuts))
-        rows.append(row)
-    return torch.tensor(rows, dtype=torch.int32)
-
-
 @pytest.mark.parametrize("case_id", range(N_CASES))
 def test_select_keys_match_naive(case_id, seed):
     rng = random.Random(seed)
@@ -79,7 +69,7 @@ def test_select_keys_match_naive(case_id, seed):
     gen = torch.Generator().manual_seed(seed)
     q, k, _ = tensors(case, gen)
     n = reference.num_chunks(case.seq, case.block_size, case.chunk_beta)
-    bd = _random_boundaries(rng, case.batch, case.seq, n)
+    bd = random_boundaries(rng, case.batch, case.seq, n)
 
     scores = reference.selection_scores(q, k, bd, case.block_size, case.instruction_tokens)
     np.testing.assert_allclose(scores.double().numpy(),
@@ -105,7 +95,7 @@ def test_sparse_attention_match_naive(case_id, seed):
     gen = torch.Generator().manual_seed(seed)
     q, k, v = tensors(case, gen)
     n = reference.num_chunks(case.seq, case.block_size, case.chunk_beta)
-    bd = _random_boundaries(rng, case.batch, case.seq, n)
+    bd = random_boundaries(rng, case.batch, case.seq, n)
     idx, cnt = ops.select_keys(q, k, bd, case.block_size, case.budget, case.local_tokens,
                                case.global_tokens, case.sliding_window, case.instruction_tokens)
     out = ops.sparse_attention(q, k, v, idx, cnt, case.block_size, case.scale, case.softcap,

@@ -83,22 +83,20 @@ def resolve_model_arg(model: str, recipe_name: str | None, model_path: str | Non
     return recipes.load(model), model_path
 
 
-def parse_int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+def _parse_list(convert, what: str):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return [convert(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
+
+    return parse
 
 
-def parse_float_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [float(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+parse_int_list = _parse_list(int, "integers")
+parse_float_list = _parse_list(float, "numbers")
 
 
 class OneLineErrors:
