@@ -7,6 +7,7 @@ export writes into a temporary folder beside the target and moves the result int
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import resource
@@ -144,12 +145,13 @@ def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dt
     max_seq_len = max_seq_len or recipe.export.max_seq_len
     if max_seq_len < recipe.dhsa.block_size:
         raise DHSAError(f"--max-seq-len {max_seq_len} is below the block size {recipe.dhsa.block_size}")
-    if loaded is None:
+    owned = loaded is None
+    if owned:
         loaded = load(recipe, model_path, dtype="bf16" if dtype == "bf16" else "fp32", progress=progress)
     model = loaded.model
     if dtype == "fp16":
         progress("fp16: linear layers in fp16, residual stream / norms / attention in fp32")
-        model = to_half_linear(model)
+        model = to_half_linear(model if owned else copy.deepcopy(model))  # never alter a caller's model
     if not dense:
         enable_dhsa(model, recipe.dhsa)
     schemas.register()
