@@ -31,8 +31,10 @@ class DHSARuntime:
 
     config: DHSAConfig
     first_layer: int
+    last_layer: int
     predictor: BoundaryPredictor | None = None
-    # Per-forward sharing across layers; reset when the first DHSA layer runs.
+    # Per-forward sharing across layers: reset by the first DHSA layer, emptied by the last (so no
+    # tensor outlives its forward, and a traced model holds no fake tensors afterwards).
     shared: dict = field(default_factory=dict)
     check_padding: bool = True
 
@@ -124,6 +126,8 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
     scale = float(scaling if scaling is not None else module.head_dim**-0.5)
     out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
                                window, cfg.instruction_tokens)
+    if module.layer_idx == rt.last_layer:
+        shared.clear()
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -169,7 +173,7 @@ def enable_dhsa(model, config: DHSAConfig, predictor: BoundaryPredictor | None =
     if config.boundary_method == "learned" and predictor is None:
         predictor = load_predictor(config.predictor_path, text.num_key_value_heads * text.head_dim,
                                    window=config.boundary_window)
-    rt = DHSARuntime(config=config, first_layer=dhsa_layers[0], predictor=predictor)
+    rt = DHSARuntime(config=config, first_layer=dhsa_layers[0], last_layer=dhsa_layers[-1], predictor=predictor)
     for module in attention_modules(model):
         module.dhsa_runtime = rt
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
