@@ -70,6 +70,12 @@ class CudaKernels:
                                                         c.c_float, c.c_float, p, p, p, c.c_char_p, c.c_int]
         self.lib.dhsa_cuda_workspace_size.argtypes = [c.c_int, i64p, i64p, c.c_int64]
         self.lib.dhsa_cuda_workspace_size.restype = c.c_int64
+        self.lib.dhsa_cuda_set_shared_memory_limit.argtypes = [c.c_int]
+
+    def set_shared_memory_limit(self, nbytes: int) -> None:
+        """Plan kernels for at most `nbytes` of shared memory per block (0: the device's limit), e.g.
+        to run the configurations chosen for smaller GPUs on a large one."""
+        self.lib.dhsa_cuda_set_shared_memory_limit(int(nbytes))
 
     @staticmethod
     def _dtype(t) -> int:

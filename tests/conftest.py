@@ -4,10 +4,6 @@ import zlib
 
 import pytest
 
-from dhsa_export import attention, export
-
-from .models import tiny
-
 # Fresh random inputs every run; DHSA_TEST_SEED=<n> reproduces a failing run (the seed is printed).
 BASE_SEED = int(os.environ.get("DHSA_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
@@ -25,6 +21,11 @@ def seed(request) -> int:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """exported(name, flavour, **export kwargs) -> path; each distinct export is written once per session."""
+    # Imported here so kernel-only test runs (the GPU machine) need just torch and numpy.
+    from dhsa_export import attention, export
+
+    from .models import tiny
+
     cache = {}
     root = tmp_path_factory.mktemp("onnx")
 

@@ -54,7 +54,40 @@ def _sel_attrs(c):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("case_id", range(N_CASES))
 def test_sparse_attention(kernels, dtype, case_id, seed):
-    c, rng, gen = _case(seed)
+    _check_sparse_attention(kernels, dtype, seed)
+
+
+# Shared memory per block of smaller GPUs (sm_80/87, sm_86/89/120): the attention kernel picks fewer
+# pipeline stages / smaller tiles there; capping the limit runs those configurations on this GPU.
+SMEM_LIMITS = {"163KB": 166912, "99KB": 101376}
+
+
+@pytest.mark.parametrize("limit", SMEM_LIMITS)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("case_id", range(20))
+def test_sparse_attention_smaller_gpus(kernels, limit, dtype, case_id, seed):
+    kernels.set_shared_memory_limit(SMEM_LIMITS[limit])
+    try:
+        _check_sparse_attention(kernels, dtype, seed, dims=(64, 128, 256))
+    finally:
+        kernels.set_shared_memory_limit(0)
+
+
+def test_sparse_attention_too_little_shared_memory(kernels):
+    q = torch.zeros(1, 2, 70, 256, device="cuda", dtype=torch.bfloat16)
+    k = torch.zeros(1, 1, 70, 256, device="cuda", dtype=torch.bfloat16)
+    idx = torch.arange(64, device="cuda", dtype=torch.int32).expand(1, 2, 64).contiguous()
+    cnt = torch.full((1, 2), 64, device="cuda", dtype=torch.int32)
+    kernels.set_shared_memory_limit(48 * 1024)
+    try:
+        with pytest.raises(reference.OpInputError, match="head dim 256 needs .* bytes of shared memory"):
+            kernels.sparse_attention(q, k, k, idx, cnt, 64, 0.0625, 0.0, 0, 0)
+    finally:
+        kernels.set_shared_memory_limit(0)
+
+
+def _check_sparse_attention(kernels, dtype, seed, dims=(64, 128, 256, 96)):
+    c, rng, gen = _case(seed, dims=dims)
     q, k, v = _qkv(c, gen, DTYPES[dtype])
     bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta), "cuda")
     idx, cnt = reference.select_keys(q.float(), k.float(), bd, *_sel_attrs(c))

@@ -84,6 +84,11 @@ __attribute__((visibility("default"))) int dhsa_cuda_sparse_attention(
                 err, err_len);
 }
 
+// Caps the shared memory per block the launchers plan with (0 = no cap): tests of small-GPU paths.
+__attribute__((visibility("default"))) void dhsa_cuda_set_shared_memory_limit(int bytes) {
+  dhsa::cuda::SetSharedMemoryLimit(bytes);
+}
+
 // Workspace bytes of each launcher (0 = none needed), so callers can allocate it themselves.
 __attribute__((visibility("default"))) int64_t dhsa_cuda_workspace_size(int op, const int64_t* shape,
                                                                         const int64_t* iattrs, int64_t extra) {

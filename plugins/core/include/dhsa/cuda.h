@@ -26,5 +26,9 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
                        const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
                        void* workspace = nullptr);
 
+// Caps the shared memory per block the launchers plan with (0: the device's own limit), so one GPU
+// can run the kernel configurations chosen for parts with less (tests).
+void SetSharedMemoryLimit(int bytes);
+
 }  // namespace cuda
 }  // namespace dhsa

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -31,6 +32,18 @@ template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+inline std::atomic<int> g_shared_memory_cap{0};  // SetSharedMemoryLimit
+
+// Opt-in shared memory per block on the current device, under the SetSharedMemoryLimit cap.
+inline cudaError_t MaxSharedMemoryPerBlock(int* bytes) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int cap = g_shared_memory_cap.load();
+  if (e == cudaSuccess && cap > 0 && cap < *bytes) *bytes = cap;
+  return e;
+}
 
 // Order-preserving map of a float to uint32 (larger float -> larger key).
 __device__ __forceinline__ uint32_t orderable(float f) {

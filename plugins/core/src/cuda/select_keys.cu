@@ -154,10 +154,8 @@ struct Launch {
     const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
     const int n = static_cast<int>(n_plus_1 - 1);
     const size_t smem = static_cast<size_t>(n) * (sizeof(float) + sizeof(int));
-    int device = 0, max_smem = 0;
-    DHSA_CUDA_RETURN(cudaGetDevice(&device), op, "cudaGetDevice");
-    DHSA_CUDA_RETURN(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), op,
-                     "cudaDeviceGetAttribute");
+    int max_smem = 0;
+    DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), op, "cudaDeviceGetAttribute");
     if (smem + 4096 > static_cast<size_t>(max_smem))
       return Status::Error(std::string(op) + ": " + std::to_string(n) +
                            " chunks exceed one CTA's shared memory; lower chunk_beta or the sequence length");

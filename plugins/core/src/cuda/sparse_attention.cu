@@ -1,6 +1,6 @@
 // DhsaSparseAttention on the GPU, flash-style: a CTA holds 128 query rows of one kv-head group
 // (all heads of the group share the gathered keys), streams the block's selected K/V tiles through
-// shared memory with cp.async (double-buffered, swizzled), computes QK^T and PV with mma.sync
+// shared memory with cp.async (multi-stage, swizzled), computes QK^T and PV with mma.sync
 // tensor-core instructions and keeps an online softmax in registers. The dense instruction tail
 // runs the same kernel over a contiguous key range split across CTAs (flash-decoding style), then
 // a small kernel merges the splits. float32 and unusual head dims take a simple warp-per-row path.
@@ -96,13 +96,16 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * (D / 8) + (chunk ^ (row & 7));
 }
 
-template <int D>
+// BN keys per tile (bounds the S registers), S pipeline stages (bounded by the device's shared memory).
+template <int D, int BN, int S>
 struct Tiles {
-  static constexpr int kBN = D >= 256 ? 32 : 64;  // keys per tile: bounds registers (S) and smem
-  static constexpr int kChunks = D / 8;
+  static constexpr int kBN = BN, kChunks = D / 8;
+  static constexpr int kRowStep = kThreads / kChunks;      // a thread copies one 16-byte column of
+  static constexpr int kRows = kBN * kChunks / kThreads;  // kRows K/V rows, kRowStep apart
+  static_assert(kThreads % kChunks == 0 && kBN % kRowStep == 0 && S >= 2, "tile shape");
   static constexpr size_t kQBytes = size_t(kBM) * D * 2;
   static constexpr size_t kKVBytes = size_t(kBN) * D * 2;
-  static constexpr size_t kSmem = kQBytes + 4 * kKVBytes + 2 * kBN * sizeof(int);
+  static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int);
 };
 
 struct RowInfo {
@@ -123,15 +126,15 @@ __device__ __forceinline__ RowInfo row_info(const Params& p, int tile_row0, int 
   }
 }
 
-template <typename T, int D, bool kGather>
+template <typename T, int D, int BN, int S, bool kGather>
 __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
-  using TL = Tiles<D>;
-  constexpr int kBN = TL::kBN, kChunks = TL::kChunks;
+  using TL = Tiles<D, BN, S>;
+  constexpr int kBN = TL::kBN, kChunks = TL::kChunks, kRows = TL::kRows, kRowStep = TL::kRowStep;
   extern __shared__ __align__(128) unsigned char smem[];
   T* q_s = reinterpret_cast<T*>(smem);
-  T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);  // 2 stages
-  T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + 2 * TL::kKVBytes);
-  int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + 4 * TL::kKVBytes);
+  T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);  // S stages each
+  T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kKVBytes);
+  int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + 2 * S * TL::kKVBytes);
 
   const int b = blockIdx.y / p.hkv, hk = blockIdx.y % p.hkv;
   int block_i = 0, tile_row0, split = 0, n_keys, key0 = 0;
@@ -161,23 +164,40 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
     const T* src = qg + ((static_cast<int64_t>(b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
     cp_async16(q_s + swz<D>(r, ch) * 8, src, ri.head >= 0);
   }
-  auto load_tile = [&](int tile, int stage) {
+  // Key positions of a tile are read one tile before its copy is issued, so the dependent index
+  // load never stalls the warps between the barrier and the tensor-core work.
+  const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
+  auto fetch_positions = [&](int tile, int (&pos)[kRows]) {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int j = tile * kBN + my_r0 + i * kRowStep;
+      pos[i] = j < n_keys ? (kGather ? idx[j] : key0 + j) : kNoKey;
+    }
+  };
+  auto issue_tile = [&](int stage, const int (&pos)[kRows]) {
     T* kd = k_s + stage * kBN * D;
     T* vd = v_s + stage * kBN * D;
-    for (int c = tid; c < kBN * kChunks; c += kThreads) {
-      const int r = c / kChunks, ch = c % kChunks, j = tile * kBN + r;
-      int pos = kNoKey;
-      if (j < n_keys) pos = kGather ? idx[j] : key0 + j;
-      const bool ok = pos >= 0 && pos < p.seq;
-      const int64_t row = ok ? pos : 0;
-      cp_async16(kd + swz<D>(r, ch) * 8, kg + row * D + ch * 8, ok);
-      cp_async16(vd + swz<D>(r, ch) * 8, vg + row * D + ch * 8, ok);
-      if (ch == 0) pos_s[stage * kBN + r] = ok ? pos : kNoKey;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = my_r0 + i * kRowStep;
+      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
+      const int64_t row = ok ? pos[i] : 0;
+      cp_async16(kd + swz<D>(r, my_ch) * 8, kg + row * D + my_ch * 8, ok);
+      cp_async16(vd + swz<D>(r, my_ch) * 8, vg + row * D + my_ch * 8, ok);
+      if (my_ch == 0) pos_s[stage * kBN + r] = ok ? pos[i] : kNoKey;
     }
   };
   const int n_tiles = (n_keys + kBN - 1) / kBN;
-  if (n_tiles > 0) load_tile(0, 0);
-  cp_async_commit();
+  int pos[kRows];
+  fetch_positions(0, pos);
+#pragma unroll
+  for (int st = 0; st < S - 1; ++st) {  // prologue: tiles 0 .. S-2 in flight (the Q tile joins group 0)
+    if (st < n_tiles) {
+      issue_tile(st, pos);
+      fetch_positions(st + 1, pos);
+    }
+    cp_async_commit();
+  }
 
   // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16).
   const RowInfo r0 = row_info<kGather>(p, tile_row0, warp * 16 + lane / 4, block_i);
@@ -190,11 +210,15 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
   const float scale_l2 = p.scale * kLog2e;
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    const int stage = tile & 1;
-    if (tile + 1 < n_tiles) load_tile(tile + 1, stage ^ 1);
+    cp_async_wait<S - 2>();  // this tile's group has landed
+    __syncthreads();         // ... for every thread, and every thread is done with tile - 1's stage
+    const int ahead = tile + S - 1;
+    if (ahead < n_tiles) {
+      issue_tile(ahead % S, pos);
+      fetch_positions(ahead + 1, pos);
+    }
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    const int stage = tile % S;
     const T* kt = k_s + stage * kBN * D;
     const T* vt = v_s + stage * kBN * D;
     const int* pt = pos_s + stage * kBN;
@@ -276,7 +300,6 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
         mma16816<T>(o[dt + 1], a, bv[2], bv[3]);
       }
     }
-    __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
   cp_async_wait<0>();
 
@@ -410,18 +433,23 @@ int TailSplits(int range, int* split_keys) {
   return splits;
 }
 
-template <typename T, int D>
-Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes) {
+template <typename T, int D, int BN, int S>
+Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
   const char* op = kSparseAttention;
-  const size_t smem = Tiles<D>::kSmem;
-  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)), op, "cudaFuncSetAttribute");
-  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)), op, "cudaFuncSetAttribute");
+  const size_t smem = Tiles<D, BN, S>::kSmem;
+  if (smem > static_cast<size_t>(max_smem))
+    return Status::Error(std::string(op) + ": head dim " + std::to_string(D) + " needs " + std::to_string(smem) +
+                         " bytes of shared memory per block; this GPU offers " + std::to_string(max_smem));
+  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                   op, "cudaFuncSetAttribute");
+  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                   op, "cudaFuncSetAttribute");
   const int sparse_blocks = p.tail0 > 0 ? (p.tail0 + p.block - 1) / p.block : 0;
   p.row_tiles = (p.group * p.block + kBM - 1) / kBM;
   if (sparse_blocks > 0) {
-    FlashKernel<T, D, true><<<dim3(sparse_blocks * p.row_tiles, batch * p.hkv), kThreads, smem, stream>>>(p);
+    FlashKernel<T, D, BN, S, true><<<dim3(sparse_blocks * p.row_tiles, batch * p.hkv), kThreads, smem, stream>>>(p);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "FlashKernel (sparse blocks)");
   }
   if (p.tail_rows > 0) {
@@ -432,13 +460,31 @@ Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, 
     p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * D);
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
     const int tiles = (p.group * p.tail_rows + kBM - 1) / kBM;
-    FlashKernel<T, D, false><<<dim3(tiles * p.splits, batch * p.hkv), kThreads, smem, stream>>>(p);
+    FlashKernel<T, D, BN, S, false><<<dim3(tiles * p.splits, batch * p.hkv), kThreads, smem, stream>>>(p);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "FlashKernel (dense tail)");
     MergeSplitsKernel<T><<<batch * p.hq * p.tail_rows, std::min(D, 256), 0, stream>>>(
         p.part_o, p.part_ml, p.splits, D, p.seq, p.tail0, p.tail_rows, p.hq, static_cast<T*>(p.out));
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "MergeSplitsKernel");
   }
   return Status::Ok();
+}
+
+// The deepest pipeline that fits: 227 KB on sm_90, 163 KB on sm_80/87, 99 KB on sm_86/89/120.
+template <typename T, int D>
+Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes) {
+  int max_smem = 0;
+  DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kSparseAttention, "cudaDeviceGetAttribute");
+  const auto fits = [&](size_t bytes) { return bytes <= static_cast<size_t>(max_smem); };
+  if constexpr (D == 256) {
+    if (fits(Tiles<256, 32, 4>::kSmem)) return RunTiles<T, 256, 32, 4>(p, batch, stream, workspace, ws_bytes, max_smem);
+    if (fits(Tiles<256, 32, 3>::kSmem)) return RunTiles<T, 256, 32, 3>(p, batch, stream, workspace, ws_bytes, max_smem);
+    return RunTiles<T, 256, 16, 2>(p, batch, stream, workspace, ws_bytes, max_smem);
+  } else if constexpr (D == 128) {
+    if (fits(Tiles<128, 64, 4>::kSmem)) return RunTiles<T, 128, 64, 4>(p, batch, stream, workspace, ws_bytes, max_smem);
+    return RunTiles<T, 128, 64, 2>(p, batch, stream, workspace, ws_bytes, max_smem);
+  } else {
+    return RunTiles<T, D, 64, 4>(p, batch, stream, workspace, ws_bytes, max_smem);
+  }
 }
 
 template <typename T>
@@ -466,6 +512,8 @@ bool TensorCorePath(DType t, int64_t dim) {
 }
 
 }  // namespace
+
+void SetSharedMemoryLimit(int bytes) { g_shared_memory_cap.store(bytes > 0 ? bytes : 0); }
 
 size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, int64_t hq, int64_t seq, int64_t dim) {
   const int64_t tail = seq - tail_start(seq, a.instruction_tokens);
