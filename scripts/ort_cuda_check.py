@@ -48,14 +48,21 @@ def main() -> int:
                 if e.get("cat") == "Node" and str(e["args"].get("op_name", "")).startswith("Dhsa")}
         err = float(np.abs(got - want).max())
         cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
-        top1 = float((got.argmax(-1) == want.argmax(-1)).mean())
+        agree = got.argmax(-1) == want.argmax(-1)
+        top1 = float(agree.mean())
+        # bf16 flips near-ties: gate top-1 on positions whose reference top-2 margin exceeds bf16's
+        # resolution at these logit magnitudes (random-init tiny models have many near-ties).
+        top2 = np.sort(want, axis=-1)[..., -2:]
+        decisive = (top2[..., 1] - top2[..., 0]) > 0.1
+        top1_decisive = float(agree[decisive].mean()) if decisive.any() else 1.0
         on_cuda = bool(dhsa) and all(p == "CUDAExecutionProvider" for _, p in dhsa)
         if "fp32" in onnx_path.stem:
             ok = on_cuda and err <= args.tol
         else:  # bf16 runs of two different implementations: compare distributions, not bits
-            ok = on_cuda and cos >= 0.999 and top1 >= 0.98
+            ok = on_cuda and cos >= 0.999 and top1_decisive >= 0.99
         failures += not ok
-        print(f"{onnx_path.name}: max|diff| {err:.2e}, cosine {cos:.6f}, top-1 agreement {top1:.3f}; "
+        print(f"{onnx_path.name}: max|diff| {err:.2e}, cosine {cos:.6f}, top-1 agreement {top1:.3f} "
+              f"({top1_decisive:.3f} where the reference margin > 0.1); "
               f"dhsa nodes on {sorted({p for _, p in dhsa})} -> {'ok' if ok else 'FAIL'}")
     return 1 if failures else 0
 
