@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Attention recall of key-selection rules on a real model: the share of each query block's dense
 attention probability that lands on the keys a rule selects (1.0 = the selection keeps everything
-dense attention uses), averaged over heads, queries, blocks and layers. Compares chunking rules
+dense attention uses), averaged over heads, queries, the query blocks where the budget binds, and
+layers of one type. Compares chunking rules
 (similarity with several NMS radii / chunk counts, fixed chunks) at several budgets on the same
 captured queries and keys, with no generation. This is how the boundary defaults were chosen.
 
@@ -50,27 +51,32 @@ def capture(model, ids):
     return store
 
 
-def recall(q, k, window, scale, indices, counts, block):
-    """Mean over blocks of the dense attention mass on the selected keys (GQA: kv head per group)."""
+def dense_probs(q, k, window, scale):
+    """Dense causal (sliding-window) attention probabilities, (Hq, L, L) float32, kv head per group."""
     seq = q.shape[2]
-    g = q.shape[1] // k.shape[1]
-    kk = k.repeat_interleave(g, 1)[0].float()
+    kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)[0].float()
+    logits = q[0].float() @ kk.transpose(-1, -2) * scale
+    t = torch.arange(seq)[:, None]
+    j = torch.arange(seq)[None]
+    ok = j <= t
+    if window:
+        ok &= j > t - window
+    return torch.softmax(logits.masked_fill(~ok, float("-inf")), -1)
+
+
+def recall(probs, indices, counts, block, budget):
+    """Mean over query blocks where the budget binds (more eligible keys than budget) of the dense
+    attention mass on the selected keys, averaged over heads and the block's queries."""
+    seq = probs.shape[-1]
     out = []
     for i in range(indices.shape[1]):
         c = int(counts[0, i])
         s0, e0 = i * block, min((i + 1) * block, seq)
-        if c == 0 or e0 <= s0:
+        if e0 <= budget or c == 0:
             continue
-        qb = q[0, :, s0:e0].float()
-        logits = qb @ kk[:, :e0].transpose(-1, -2) * scale
-        t = torch.arange(s0, e0)[:, None]
-        j = torch.arange(e0)[None]
-        ok = j <= t
-        if window:
-            ok &= j > t - window
-        p = torch.softmax(logits.masked_fill(~ok, float("-inf")), -1)
-        out.append(p[:, :, indices[0, i, :c].long()].sum(-1).mean().item())
-    return sum(out) / len(out)
+        sel = indices[0, i, :c].long()
+        out.append(probs[:, s0:e0, sel].sum(-1).mean().item())
+    return sum(out) / len(out) if out else float("nan")
 
 
 def main() -> None:
@@ -86,28 +92,39 @@ def main() -> None:
     scale = loaded.model.config.query_pre_attn_scalar ** -0.5
     prompts = niah.make_prompts(loaded.tokenizer, [args.length], [float(x) for x in args.depths.split(",")], 1)
     budgets = [int(x) for x in args.budgets.split(",")]
-    totals = {(r, b): [] for r in RULES for b in budgets}
+    kinds = ("global", "sliding")
+    totals = {(kind, r, b): [] for kind in kinds for r in RULES for b in budgets}
     for n, prompt in enumerate(prompts):
         layers = capture(loaded.model, torch.tensor([prompt.input_ids]))
-        for b in budgets:
-            cfg = niah.config_for_budget(recipe.dhsa, b, "dhsa")
-            for name, (method, beta, size, radius) in RULES.items():
-                chunk = max(1, int(cfg.block_size * size)) if size else cfg.block_size
-                for q, k, window in layers.values():
+        for q, k, window in layers.values():
+            kind = "sliding" if window else "global"
+            probs = dense_probs(q, k, window, scale)
+            for b in budgets:
+                cfg = niah.config_for_budget(recipe.dhsa, b, "dhsa")
+                for name, (method, beta, size, radius) in RULES.items():
+                    chunk = max(1, int(cfg.block_size * size)) if size else cfg.block_size
                     bd = R.chunk_boundaries(k, None, method, cfg.block_size, beta if method != "fixed" else
                                             max(beta, -(-cfg.block_size // chunk)), chunk, 4, radius, 0.0, 0)
                     idx, cnt = R.select_keys(q, k, bd, cfg.block_size, b, cfg.local_tokens, cfg.global_tokens,
                                              window, 0)
-                    totals[name, b].append(recall(q, k, window, scale, idx, cnt, cfg.block_size))
+                    r = recall(probs, idx, cnt, cfg.block_size, b)
+                    if r == r:  # nan: no query block where the budget binds
+                        totals[kind, name, b].append(r)
         print(f"prompt {n + 1}/{len(prompts)} done", flush=True)
-    table = {f"{name} @ {b}": sum(v) / len(v) for (name, b), v in totals.items()}
+    table = {f"{kind}: {name} @ {b}": sum(v) / len(v) for (kind, name, b), v in totals.items() if v}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "length": args.length, "prompts": len(prompts),
+                                          "metric": "dense attention mass on the selected keys, mean over "
+                                                    "query blocks where the budget binds",
                                           "recall": table}, indent=1))
-    print("\n| rule | " + " | ".join(f"budget {b}" for b in budgets) + " |")
-    print("|---|" + "---|" * len(budgets))
-    for name in RULES:
-        print(f"| {name} | " + " | ".join(f"{table[f'{name} @ {b}']:.4f}" for b in budgets) + " |")
+    for kind in kinds:
+        if not any(k.startswith(kind) for k in table):
+            continue
+        print(f"\n{kind} layers\n\n| rule | " + " | ".join(f"budget {b}" for b in budgets) + " |")
+        print("|---|" + "---|" * len(budgets))
+        for name in RULES:
+            cells = [table.get(f"{kind}: {name} @ {b}") for b in budgets]
+            print(f"| {name} | " + " | ".join("—" if c is None else f"{c:.4f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":
