@@ -71,7 +71,7 @@ class HalfLinear(nn.Module):
     """fp16 weights and matmul; activations enter and leave in fp32.
 
     Gemma's residual stream, norms, GELU, soft-capping and attention overflow in fp16, so an
-    `--dtype fp16` export keeps everything but the linear layers in fp32.
+    `--dtype fp16` export keeps everything but the linear layers and the embedding table in fp32.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -83,12 +83,37 @@ class HalfLinear(nn.Module):
         return F.linear(x.half(), self.weight, self.bias).float()
 
 
-def to_half_linear(model: nn.Module) -> nn.Module:
-    for name, child in list(model.named_children()):
+class HalfEmbedding(nn.Module):
+    """fp16 embedding table (the tied output layer's own fp16 weight when the model ties them, so
+    the table is stored once); rows leave in fp32, times the model's `embed_scale` when the
+    embedding module applies one (Gemma 3), as the module it replaces did."""
+
+    def __init__(self, embedding: nn.Embedding, weight: nn.Parameter | None = None):
+        super().__init__()
+        self.weight = weight if weight is not None else nn.Parameter(embedding.weight.detach().half(),
+                                                                     requires_grad=False)
+        scale = getattr(embedding, "embed_scale", None)
+        self.register_buffer("embed_scale", torch.as_tensor(1.0 if scale is None else scale,
+                                                            dtype=torch.float32).clone(), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight).float() * self.embed_scale
+
+
+def _half_linears(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(model, name, HalfLinear(child))
+            setattr(module, name, HalfLinear(child))
         else:
-            to_half_linear(child)
+            _half_linears(child)
+
+
+def to_half(model) -> nn.Module:
+    """fp16 weights for the linear layers and the embedding table; everything else stays fp32."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    _half_linears(model)
+    model.set_input_embeddings(HalfEmbedding(embedding, model.get_output_embeddings().weight if tied else None))
     return model
 
 
@@ -150,8 +175,8 @@ def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dt
         loaded = load(recipe, model_path, dtype="bf16" if dtype == "bf16" else "fp32", progress=progress)
     model = loaded.model
     if dtype == "fp16":
-        progress("fp16: linear layers in fp16, residual stream / norms / attention in fp32")
-        model = to_half_linear(model if owned else copy.deepcopy(model))  # never alter a caller's model
+        progress("fp16: linear layers and embeddings in fp16, residual stream / norms / attention in fp32")
+        model = to_half(model if owned else copy.deepcopy(model))  # never alter a caller's model
     if not dense:
         enable_dhsa(model, recipe.dhsa)
     schemas.register()

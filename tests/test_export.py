@@ -94,9 +94,13 @@ def test_fp16_and_bf16_exports(tmp_path, seed):
         r = subprocess.run(EXPORT + ["tiny-gemma3", "--ops", "portable", "--dtype", dtype, "--out", str(path)],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
-        weights = [i for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 2]
+        floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+        weights = [i for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 2 and i.data_type in floats]
         want = onnx.TensorProto.FLOAT16 if dtype == "fp16" else onnx.TensorProto.BFLOAT16
         assert any(w.data_type == want for w in weights)
+        if dtype == "fp16":  # every weight matrix fp16; the tied embedding / output table stored once
+            assert all(w.data_type == want for w in weights), [w.name for w in weights if w.data_type != want]
+            assert sum(model.config.vocab_size in w.dims for w in weights) == 1
         if dtype == "fp16":  # ORT's CPU provider has no bf16 kernels; bf16 is for CUDA / TensorRT
             got = runtime.ort_logits(runtime.ort_session(path))(ids.numpy()).astype(np.float32)
             cos = (got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)
