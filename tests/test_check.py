@@ -32,6 +32,26 @@ def test_fp32_exports_pass_the_gates(exported, name, flavour, tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# dhsa-check compare")
 
 
+def test_streamed_logits_metrics_match_direct_computation(seed):
+    from dhsa_export.check import logits_metrics
+
+    rng = np.random.default_rng(seed)
+    refs = [rng.normal(size=(2, 37, 50)).astype(np.float32), rng.normal(size=(1, 5, 50)).astype(np.float32)]
+    gots = [r + rng.normal(scale=0.3, size=r.shape).astype(np.float32) for r in refs]
+    ref = np.concatenate([r.reshape(-1, 50) for r in refs]).astype(np.float64)
+    got = np.concatenate([g.reshape(-1, 50) for g in gots]).astype(np.float64)
+    lr = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
+    lg = got - np.log(np.exp(got).sum(-1, keepdims=True))
+    want = dict(cosine=(ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got),
+                norm_ratio=np.linalg.norm(got) / np.linalg.norm(ref), max_abs=np.abs(got - ref).max(),
+                max_rel=np.abs(got - ref).max() / np.abs(ref).max(), top1=(ref.argmax(-1) == got.argmax(-1)).mean(),
+                kl=(np.exp(lr) * (lr - lg)).sum(-1).mean())
+    for rows in (1, 7, 128):
+        m = logits_metrics(refs, gots, rows=rows)
+        for key, value in want.items():
+            assert getattr(m, key) == pytest.approx(value, rel=1e-9, abs=1e-12), (rows, key)
+
+
 def test_polygraphy_comparator(exported, tmp_path):
     r = run(["tiny-gemma3", "--onnx", str(exported("tiny-gemma3", "plugin")), "--polygraphy", "--greedy-tokens", "4",
              "--out", str(tmp_path)])
