@@ -110,13 +110,18 @@ def _fmt(x) -> str:
     return f"{x:.6f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def _metrics(dot: float, ref_sq: float, got_sq: float, max_abs: float, max_ref: float, **extra) -> Metrics:
+    """Cosine, norm ratio and max abs / rel error from sums over all elements."""
+    nr, ng = ref_sq ** 0.5, got_sq ** 0.5
+    return Metrics(cosine=dot / (nr * ng) if nr > 0 and ng > 0 else float(nr == ng),
+                   norm_ratio=ng / nr if nr > 0 else float("inf"), max_abs=max_abs,
+                   max_rel=max_abs / max(max_ref, 1e-12), **extra)
+
+
 def tensor_metrics(ref: np.ndarray, got: np.ndarray) -> Metrics:
     ref, got = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-    diff = np.abs(got - ref)
-    nr, ng = np.linalg.norm(ref), np.linalg.norm(got)
-    cos = float(ref @ got / (nr * ng)) if nr > 0 and ng > 0 else float(nr == ng)
-    return Metrics(cosine=cos, norm_ratio=float(ng / nr) if nr > 0 else float("inf"), max_abs=float(diff.max()),
-                   max_rel=float(diff.max() / max(np.abs(ref).max(), 1e-12)))
+    return _metrics(float(ref @ got), float(ref @ ref), float(got @ got), float(np.abs(got - ref).max()),
+                    float(np.abs(ref).max()))
 
 
 def logits_metrics(refs: list[np.ndarray], gots: list[np.ndarray], rows: int = 128) -> Metrics:
@@ -139,10 +144,7 @@ def logits_metrics(refs: list[np.ndarray], gots: list[np.ndarray], rows: int = 1
             n += r.shape[0]
             lr, lg = torch.log_softmax(r, -1), torch.log_softmax(g, -1)
             kl += float((lr.exp() * (lr - lg)).sum())
-    nr, ng = ref_sq ** 0.5, got_sq ** 0.5
-    return Metrics(cosine=dot / (nr * ng) if nr > 0 and ng > 0 else float(nr == ng),
-                   norm_ratio=ng / nr if nr > 0 else float("inf"), max_abs=max_abs,
-                   max_rel=max_abs / max(max_ref, 1e-12), top1=hits / n, kl=kl / n)
+    return _metrics(dot, ref_sq, got_sq, max_abs, max_ref, top1=hits / n, kl=kl / n)
 
 
 def evaluate_gates(logits: Metrics, layers: list[tuple[int, Metrics]], gates: Gates) -> tuple[list[GateResult], int | None]:
