@@ -71,11 +71,22 @@ class CudaKernels:
         self.lib.dhsa_cuda_workspace_size.argtypes = [c.c_int, i64p, i64p, c.c_int64]
         self.lib.dhsa_cuda_workspace_size.restype = c.c_int64
         self.lib.dhsa_cuda_set_shared_memory_limit.argtypes = [c.c_int]
+        self.lib.dhsa_cuda_use_hopper_kernels.argtypes = [c.c_int]
+        self.lib.dhsa_cuda_attention_kernel.restype = c.c_char_p
 
     def set_shared_memory_limit(self, nbytes: int) -> None:
         """Plan kernels for at most `nbytes` of shared memory per block (0: the device's limit), e.g.
         to run the configurations chosen for smaller GPUs on a large one."""
         self.lib.dhsa_cuda_set_shared_memory_limit(int(nbytes))
+
+    def use_hopper_kernels(self, enabled: bool) -> None:
+        """On a Hopper GPU, take the wgmma attention kernel (default) or the portable mma.sync one
+        other GPUs run (to test that path here)."""
+        self.lib.dhsa_cuda_use_hopper_kernels(int(bool(enabled)))
+
+    def attention_kernel(self) -> str:
+        """Which tensor-core attention kernel 16-bit inputs take on the current device."""
+        return self.lib.dhsa_cuda_attention_kernel().decode()
 
     @staticmethod
     def _dtype(t) -> int:

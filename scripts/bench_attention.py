@@ -102,8 +102,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/attention-h200.json")
+    ap.add_argument("--portable", action="store_true", help="the mma.sync attention kernel even on Hopper")
     args = ap.parse_args()
     kernels = cuda_kernels()
+    kernels.use_hopper_kernels(not args.portable)
     dev = torch.cuda.get_device_properties(0)
     rows = []
     for shape in args.shapes.split(","):
@@ -147,12 +149,13 @@ def main() -> None:
             torch.cuda.empty_cache()
     meta = {"gpu": dev.name, "sm_count": dev.multi_processor_count, "torch": torch.__version__,
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
-            "runs": args.runs, "warmup": args.warmup, "block": BLOCK, "local": LOCAL, "global": GLOBAL,
+            "attention_kernel": kernels.attention_kernel(), "runs": args.runs, "warmup": args.warmup, "block": BLOCK, "local": LOCAL, "global": GLOBAL,
             "instruction_tokens": INSTR, "chunk_beta": BETA, "boundaries": "similarity, window 4, nms radius 2"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"\n{dev.name}, torch {torch.__version__}, CUDA {torch.version.cuda}; medians of {args.runs} runs\n")
+    print(f"\n{dev.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, attention kernel "
+          f"{meta['attention_kernel']}; medians of {args.runs} runs\n")
     print("| shape | L | budget | dense ms (backend) | DHSA ms | speedup | attn TFLOP/s | peak MiB dense / DHSA |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -9,7 +9,7 @@ out=${OUT:-build/gpu-check}
 mkdir -p "$out"
 if [ -z "${DHSA_CUDA_LIBRARY:-}" ]; then
   if ! python3 -c "import ctypes; ctypes.CDLL('build/cuda/libdhsa_cuda.so')" 2>/dev/null; then
-    cmake -S plugins -B build/cuda -G Ninja -DDHSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" >/dev/null
+    cmake -S plugins -B build/cuda -G Ninja -DDHSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90a}" >/dev/null
     cmake --build build/cuda
   fi
   export DHSA_CUDA_LIBRARY=$PWD/build/cuda/libdhsa_cuda.so

@@ -89,6 +89,15 @@ __attribute__((visibility("default"))) void dhsa_cuda_set_shared_memory_limit(in
   dhsa::cuda::SetSharedMemoryLimit(bytes);
 }
 
+// 0: the portable attention kernels on Hopper too (tests of the code path other GPUs take).
+__attribute__((visibility("default"))) void dhsa_cuda_use_hopper_kernels(int enabled) {
+  dhsa::cuda::UseHopperKernels(enabled != 0);
+}
+
+__attribute__((visibility("default"))) const char* dhsa_cuda_attention_kernel() {
+  return dhsa::cuda::AttentionKernelName();
+}
+
 // Workspace bytes of each launcher (0 = none needed), so callers can allocate it themselves.
 __attribute__((visibility("default"))) int64_t dhsa_cuda_workspace_size(int op, const int64_t* shape,
                                                                         const int64_t* iattrs, int64_t extra) {

@@ -30,5 +30,10 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
 // can run the kernel configurations chosen for parts with less (tests).
 void SetSharedMemoryLimit(int bytes);
 
+// Lets Hopper GPUs take the portable (mma.sync) attention kernels instead of wgmma (tests; default on).
+void UseHopperKernels(bool enabled);
+// The attention kernel SparseAttention launches for 16-bit inputs on the current device.
+const char* AttentionKernelName();
+
 }  // namespace cuda
 }  // namespace dhsa

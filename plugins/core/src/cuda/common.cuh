@@ -34,6 +34,7 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 inline std::atomic<int> g_shared_memory_cap{0};  // SetSharedMemoryLimit
+inline std::atomic<bool> g_hopper_kernels{true};  // UseHopperKernels
 
 // Opt-in shared memory per block on the current device, under the SetSharedMemoryLimit cap.
 inline cudaError_t MaxSharedMemoryPerBlock(int* bytes) {

@@ -1,7 +1,7 @@
 // DhsaSparseAttention on the GPU, flash-style: a CTA holds 128 query rows of one kv-head group
 // (all heads of the group share the gathered keys), streams the block's selected K/V tiles through
-// shared memory with cp.async (multi-stage, swizzled), computes QK^T and PV with mma.sync
-// tensor-core instructions and keeps an online softmax in registers. The dense instruction tail
+// shared memory with cp.async (multi-stage, swizzled), computes QK^T and PV on the tensor cores
+// (warpgroup wgmma on Hopper, mma.sync elsewhere) and keeps an online softmax in registers. The dense instruction tail
 // runs the same kernel over a contiguous key range split across CTAs (flash-decoding style), then
 // a small kernel merges the splits. float32 and unusual head dims take a simple warp-per-row path.
 #include <cuda_bf16.h>
@@ -12,6 +12,7 @@
 
 #include "common.cuh"
 #include "dhsa/cuda.h"
+#include "wgmma.cuh"
 
 namespace dhsa {
 namespace cuda {
@@ -96,8 +97,17 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * (D / 8) + (chunk ^ (row & 7));
 }
 
-// BN keys per tile (bounds the S registers), S pipeline stages (bounded by the device's shared memory).
-template <int D, int BN, int S>
+// Element offset of 16-byte chunk `ch` of row `r` in a tile of `rows` rows. mma.sync reads whole
+// swizzled rows through ldmatrix; wgmma wants 64-element panels of 128-byte rows (wgmma.cuh).
+template <int D, bool kPanels>
+__device__ __forceinline__ int tile_off(int r, int ch, int rows) {
+  if constexpr (kPanels) return ((ch / 8) * rows + r) * 64 + ((ch % 8) ^ (r & 7)) * 8;
+  else return swz<D>(r, ch) * 8;
+}
+
+// BN keys per tile (bounds the S registers), S pipeline stages (bounded by the device's shared memory);
+// wgmma tiles need a 1024-byte aligned base (the swizzle pattern repeats every 8 rows of 128 bytes).
+template <int D, int BN, int S, bool kWgmma = false>
 struct Tiles {
   static constexpr int kBN = BN, kChunks = D / 8;
   static constexpr int kRowStep = kThreads / kChunks;      // a thread copies one 16-byte column of
@@ -105,7 +115,7 @@ struct Tiles {
   static_assert(kThreads % kChunks == 0 && kBN % kRowStep == 0 && S >= 2, "tile shape");
   static constexpr size_t kQBytes = size_t(kBM) * D * 2;
   static constexpr size_t kKVBytes = size_t(kBN) * D * 2;
-  static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int);
+  static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int) + (kWgmma ? 1024 : 0);
 };
 
 struct RowInfo {
@@ -126,11 +136,14 @@ __device__ __forceinline__ RowInfo row_info(const Params& p, int tile_row0, int 
   }
 }
 
-template <typename T, int D, int BN, int S, bool kGather>
+template <typename T, int D, int BN, int S, bool kGather, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
-  using TL = Tiles<D, BN, S>;
+  using TL = Tiles<D, BN, S, kWgmma>;
   constexpr int kBN = TL::kBN, kChunks = TL::kChunks, kRows = TL::kRows, kRowStep = TL::kRowStep;
-  extern __shared__ __align__(128) unsigned char smem[];
+  static_assert(!kWgmma || (kBN == 64 && D % 64 == 0 && kWarps == 8), "wgmma tiles: two warpgroups, 64 keys");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw;
+  if constexpr (kWgmma) smem += (1024 - smem_addr(smem_raw) % 1024) % 1024;
   T* q_s = reinterpret_cast<T*>(smem);
   T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);  // S stages each
   T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kKVBytes);
@@ -162,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
     const RowInfo ri = row_info<kGather>(p, tile_row0, r, block_i);
     const int hq = hk * p.group + max(ri.head, 0);
     const T* src = qg + ((static_cast<int64_t>(b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
-    cp_async16(q_s + swz<D>(r, ch) * 8, src, ri.head >= 0);
+    cp_async16(q_s + tile_off<D, kWgmma>(r, ch, kBM), src, ri.head >= 0);
   }
   // Key positions of a tile are read one tile before its copy is issued, so the dependent index
   // load never stalls the warps between the barrier and the tensor-core work.
@@ -182,8 +195,8 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
       const int r = my_r0 + i * kRowStep;
       const bool ok = pos[i] >= 0 && pos[i] < p.seq;
       const int64_t row = ok ? pos[i] : 0;
-      cp_async16(kd + swz<D>(r, my_ch) * 8, kg + row * D + my_ch * 8, ok);
-      cp_async16(vd + swz<D>(r, my_ch) * 8, vg + row * D + my_ch * 8, ok);
+      cp_async16(kd + tile_off<D, kWgmma>(r, my_ch, kBN), kg + row * D + my_ch * 8, ok);
+      cp_async16(vd + tile_off<D, kWgmma>(r, my_ch, kBN), vg + row * D + my_ch * 8, ok);
       if (my_ch == 0) pos_s[stage * kBN + r] = ok ? pos[i] : kNoKey;
     }
   };
@@ -211,6 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     cp_async_wait<S - 2>();  // this tile's group has landed
+    if constexpr (kWgmma) FenceProxyAsync();
     __syncthreads();         // ... for every thread, and every thread is done with tile - 1's stage
     const int ahead = tile + S - 1;
     if (ahead < n_tiles) {
@@ -226,6 +240,19 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
     float s[kBN / 8][4];
 #pragma unroll
     for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    if constexpr (kWgmma) {
+      // Warpgroup w multiplies query rows 64w..64w+63; a K-major k-step is 32 bytes into a panel.
+      const uint32_t qa = smem_addr(q_s) + (warp / 4) * 64 * 128, ka = smem_addr(kt);
+      WgmmaPin(s);
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        WgmmaSS<T, kBN>(s, WgmmaDesc(qa + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024),
+                        WgmmaDesc(ka + (kk / 4) * kBN * 128 + (kk % 4) * 32, 16, 1024), kk > 0);
+      WgmmaCommit();
+      WgmmaWait<0>();
+      WgmmaPin(s);
+    } else {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t a[4];
@@ -237,6 +264,7 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
         mma16816<T>(s[nt], a, bk[0], bk[1]);
         mma16816<T>(s[nt + 1], a, bk[2], bk[3]);
       }
+    }
     }
     // Scale, soft-cap, mask (causal, sliding window, padding) in the log2 domain.
     float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -285,6 +313,25 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
       o[i][3] *= alpha1;
     }
     // O += P V: the S accumulators are the A fragments of the next product.
+    if constexpr (kWgmma) {
+      // V is the MN-major operand: 16 keys = 2048 bytes down a panel, panels kBN * 128 bytes apart.
+      uint32_t a[kBN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
+      const uint32_t va = smem_addr(vt);
+      WgmmaPin(o);
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, a[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
+      WgmmaCommit();
+      WgmmaWait<0>();
+      WgmmaPin(o);
+    } else {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
       uint32_t a[4];
@@ -299,6 +346,7 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
         mma16816<T>(o[dt], a, bv[0], bv[1]);
         mma16816<T>(o[dt + 1], a, bv[2], bv[3]);
       }
+    }
     }
   }
   cp_async_wait<0>();
@@ -433,23 +481,23 @@ int TailSplits(int range, int* split_keys) {
   return splits;
 }
 
-template <typename T, int D, int BN, int S>
+template <typename T, int D, int BN, int S, bool kWgmma = false>
 Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
   const char* op = kSparseAttention;
-  const size_t smem = Tiles<D, BN, S>::kSmem;
+  const size_t smem = Tiles<D, BN, S, kWgmma>::kSmem;
   if (smem > static_cast<size_t>(max_smem))
     return Status::Error(std::string(op) + ": head dim " + std::to_string(D) + " needs " + std::to_string(smem) +
                          " bytes of shared memory per block; this GPU offers " + std::to_string(max_smem));
-  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, true>,
+  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, true, kWgmma>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    op, "cudaFuncSetAttribute");
-  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, false>,
+  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, false, kWgmma>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    op, "cudaFuncSetAttribute");
   const int sparse_blocks = p.tail0 > 0 ? (p.tail0 + p.block - 1) / p.block : 0;
   p.row_tiles = (p.group * p.block + kBM - 1) / kBM;
   if (sparse_blocks > 0) {
-    FlashKernel<T, D, BN, S, true><<<dim3(sparse_blocks * p.row_tiles, batch * p.hkv), kThreads, smem, stream>>>(p);
+    FlashKernel<T, D, BN, S, true, kWgmma><<<dim3(sparse_blocks * p.row_tiles, batch * p.hkv), kThreads, smem, stream>>>(p);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "FlashKernel (sparse blocks)");
   }
   if (p.tail_rows > 0) {
@@ -460,7 +508,7 @@ Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_
     p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * D);
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
     const int tiles = (p.group * p.tail_rows + kBM - 1) / kBM;
-    FlashKernel<T, D, BN, S, false><<<dim3(tiles * p.splits, batch * p.hkv), kThreads, smem, stream>>>(p);
+    FlashKernel<T, D, BN, S, false, kWgmma><<<dim3(tiles * p.splits, batch * p.hkv), kThreads, smem, stream>>>(p);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "FlashKernel (dense tail)");
     MergeSplitsKernel<T><<<batch * p.hq * p.tail_rows, std::min(D, 256), 0, stream>>>(
         p.part_o, p.part_ml, p.splits, D, p.seq, p.tail0, p.tail_rows, p.hq, static_cast<T*>(p.out));
@@ -469,12 +517,31 @@ Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_
   return Status::Ok();
 }
 
+// wgmma needs sm_90a code in this build and a compute capability 9.0 device.
+bool HopperPath() {
+#ifdef DHSA_HAS_SM90A
+  int device = 0, major = 0, minor = 0;
+  if (!g_hopper_kernels.load() || cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
 // The deepest pipeline that fits: 227 KB on sm_90, 163 KB on sm_80/87, 99 KB on sm_86/89/120.
 template <typename T, int D>
 Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes) {
   int max_smem = 0;
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kSparseAttention, "cudaDeviceGetAttribute");
   const auto fits = [&](size_t bytes) { return bytes <= static_cast<size_t>(max_smem); };
+  if (HopperPath()) {
+    constexpr int kS = D == 256 ? 2 : 4;  // 64-key tiles: Q + 2 stages of K/V at D = 256 fill 227 KB
+    if (fits(Tiles<D, 64, kS, true>::kSmem))
+      return RunTiles<T, D, 64, kS, true>(p, batch, stream, workspace, ws_bytes, max_smem);
+  }
   if constexpr (D == 256) {
     if (fits(Tiles<256, 32, 4>::kSmem)) return RunTiles<T, 256, 32, 4>(p, batch, stream, workspace, ws_bytes, max_smem);
     if (fits(Tiles<256, 32, 3>::kSmem)) return RunTiles<T, 256, 32, 3>(p, batch, stream, workspace, ws_bytes, max_smem);
@@ -514,6 +581,10 @@ bool TensorCorePath(DType t, int64_t dim) {
 }  // namespace
 
 void SetSharedMemoryLimit(int bytes) { g_shared_memory_cap.store(bytes > 0 ? bytes : 0); }
+
+void UseHopperKernels(bool enabled) { g_hopper_kernels.store(enabled); }
+
+const char* AttentionKernelName() { return HopperPath() ? "wgmma (sm_90a)" : "mma.sync"; }
 
 size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, int64_t hq, int64_t seq, int64_t dim) {
   const int64_t tail = seq - tail_start(seq, a.instruction_tokens);
