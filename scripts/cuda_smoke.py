@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A representative subset of the CUDA kernels on small inputs, for compute-sanitizer (memcheck,
-racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail, L < budget."""
+racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail (one and several
+key splits), L < budget, selection over groups of query blocks; on Hopper both attention kernels."""
 
 import sys
 from pathlib import Path
@@ -18,8 +19,11 @@ cases = [  # (B, Hq, Hkv, L, D, dtype, block, budget, window, instr, softcap)
     (1, 2, 2, 100, 64, torch.bfloat16, 32, 512, 0, 0, 0.0),
     (2, 4, 1, 97, 96, torch.float16, 16, 48, 0, 5, 0.0),
     (1, 4, 2, 200, 32, torch.float32, 16, 64, 40, 8, 30.0),
+    (1, 4, 2, 8500, 128, torch.bfloat16, 16, 64, 0, 64, 0.0),  # 4 tail splits, 4 query blocks per selection CTA
 ]
-for b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap in cases:
+hopper = [True, False] if torch.cuda.get_device_capability() == (9, 0) else [True]
+for (b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap), wgmma in ((c, h) for c in cases for h in hopper):
+    k_.use_hopper_kernels(wgmma)
     q = torch.randn(b, hq, seq, dim, device="cuda", dtype=dt)
     k = torch.randn(b, hkv, seq, dim, device="cuda", dtype=dt)
     v = torch.randn(b, hkv, seq, dim, device="cuda", dtype=dt)

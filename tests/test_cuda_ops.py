@@ -79,6 +79,19 @@ def test_sparse_attention_portable_kernel(portable, limit, dtype, case_id, seed)
     _check_sparse_attention(portable, dtype, seed, dims=(64, 128, 256))
 
 
+def test_hopper_gpus_take_the_wgmma_kernel(kernels):
+    """On an sm_90 GPU the sm_90a build (scripts/gpu_check.sh) runs the wgmma kernel, so the tests above
+    check it; test_sparse_attention_portable_kernel checks the kernel every other GPU runs."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("not a compute capability 9.0 GPU")
+    assert kernels.attention_kernel() == "wgmma (sm_90a)"
+    kernels.use_hopper_kernels(False)
+    try:
+        assert kernels.attention_kernel() == "mma.sync"
+    finally:
+        kernels.use_hopper_kernels(True)
+
+
 def test_sparse_attention_too_little_shared_memory(kernels):
     q = torch.zeros(1, 2, 70, 256, device="cuda", dtype=torch.bfloat16)
     k = torch.zeros(1, 1, 70, 256, device="cuda", dtype=torch.bfloat16)

@@ -1,6 +1,9 @@
-// DhsaChunkBoundaries on the GPU: per-position cut scores (one warp per position), candidate keys,
-// then one CTA per sample radix-selects the top cuts and writes them in order.
-#include <cub/block/block_scan.cuh>
+// DhsaChunkBoundaries on the GPU: per-position cut scores (tiled over 64 positions), candidate
+// keys, then per sample a device-wide CUB radix sort picks the top cuts and a scan writes them in order.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <algorithm>
 
 #include "common.cuh"
 #include "dhsa/cuda.h"
@@ -10,51 +13,84 @@ namespace cuda {
 namespace {
 
 constexpr int kScoreWarps = 8;
-constexpr int kSelectThreads = 1024;
+constexpr int kTilePositions = 64, kSliceChannels = 64, kMaxTiledWindow = 16;
 
-constexpr int kTilePositions = 64, kTileChannels = 32, kMaxTiledWindow = 16;
-
-// Cut scores for 64 consecutive positions per CTA: key rows are staged through shared memory in
-// 32-channel slices, so each key is read ~once instead of 2w times.
+// Cut scores for 64 consecutive positions per CTA. Key rows are staged through shared memory in
+// 64-channel slices (16-byte loads, the next slice in flight while this one is used); a thread owns
+// 4 positions x 4 channels and slides its two windows down the rows, so a key is read ~once from
+// global memory and ~3 times from shared memory instead of 2w times.
 template <typename T>
 __global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict__ key, int heads, int seq, int dim,
                                                              int window, float* __restrict__ scores) {
-  __shared__ float rows[kTilePositions + 2 * kMaxTiledWindow - 1][kTileChannels + 1];
+  constexpr int kVec = 16 / sizeof(T), kVecsPerRow = kSliceChannels / kVec;
+  constexpr int kMaxRows = kTilePositions + 2 * kMaxTiledWindow - 1;
+  constexpr int kLoads = (kMaxRows * kVecsPerRow + 255) / 256;
+  __shared__ __align__(16) float rows[kMaxRows][kSliceChannels];
   const int b = blockIdx.y, p0 = blockIdx.x * kTilePositions;
-  const int pi = threadIdx.x / 4, sub = threadIdx.x % 4, p = p0 + pi;
-  const int n_rows = kTilePositions + 2 * window - 1, first = p0 - window + 1;
-  const int channels = heads * dim;
-  float dot = 0.f, nl = 0.f, nr = 0.f;
-  for (int e0 = 0; e0 < channels; e0 += kTileChannels) {
-    __syncthreads();
-    for (int x = threadIdx.x; x < n_rows * kTileChannels; x += blockDim.x) {
-      const int r = x / kTileChannels, c = x % kTileChannels, j = first + r, e = e0 + c;
-      float v = 0.f;
-      if (j >= 0 && j < seq && e < channels)
-        v = to_float(key[((static_cast<int64_t>(b) * heads + e / dim) * seq + j) * dim + e % dim]);
-      rows[r][c] = v;
+  const int n_rows = kTilePositions + 2 * window - 1, first = p0 - window + 1, channels = heads * dim;
+  uint4 buf[kLoads];
+  auto load = [&](int e0) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int x = threadIdx.x + i * 256, r = x / kVecsPerRow, e = e0 + (x % kVecsPerRow) * kVec, j = first + r;
+      buf[i] = make_uint4(0, 0, 0, 0);
+      if (r < n_rows && j >= 0 && j < seq && e < channels)
+        buf[i] = *reinterpret_cast<const uint4*>(key + ((static_cast<int64_t>(b) * heads + e / dim) * seq + j) * dim +
+                                                 e % dim);
     }
+  };
+  auto store = [&]() {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int x = threadIdx.x + i * 256, r = x / kVecsPerRow, c = (x % kVecsPerRow) * kVec;
+      if (r >= n_rows) continue;
+      const T* v = reinterpret_cast<const T*>(&buf[i]);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) rows[r][c + k] = to_float(v[k]);
+    }
+  };
+  const int cg = threadIdx.x % 16, quad = threadIdx.x / 16;  // channels 4cg..4cg+3, positions p0+4quad..+3
+  auto row4 = [&](int r) { return *reinterpret_cast<const float4*>(&rows[r][cg * 4]); };
+  float dot[4] = {0.f, 0.f, 0.f, 0.f}, nl[4] = {0.f, 0.f, 0.f, 0.f}, nr[4] = {0.f, 0.f, 0.f, 0.f};
+  load(0);
+  for (int e0 = 0; e0 < channels; e0 += kSliceChannels) {
+    __syncthreads();  // every thread is done with the previous slice
+    store();
     __syncthreads();
-    for (int c = sub * 8; c < sub * 8 + 8; ++c) {
-      float left = 0.f, right = 0.f;
-      for (int i = 0; i < window; ++i) {
-        left += rows[pi + i][c];
-        right += rows[pi + window + i][c];
+    if (e0 + kSliceChannels < channels) load(e0 + kSliceChannels);
+    // Row r holds position first + r: the left window of p = p0 + 4quad + k is rows 4quad+k .. +w-1.
+    const int r0 = quad * 4;
+    float4 l = make_float4(0.f, 0.f, 0.f, 0.f), rt = l;
+    for (int i = 0; i < window; ++i) {
+      const float4 a = row4(r0 + i), c = row4(r0 + window + i);
+      l.x += a.x, l.y += a.y, l.z += a.z, l.w += a.w;
+      rt.x += c.x, rt.y += c.y, rt.z += c.z, rt.w += c.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (k > 0) {  // slide both windows down one row
+        const float4 out_l = row4(r0 + k - 1), mid = row4(r0 + k - 1 + window), in_r = row4(r0 + k - 1 + 2 * window);
+        l.x += mid.x - out_l.x, l.y += mid.y - out_l.y, l.z += mid.z - out_l.z, l.w += mid.w - out_l.w;
+        rt.x += in_r.x - mid.x, rt.y += in_r.y - mid.y, rt.z += in_r.z - mid.z, rt.w += in_r.w - mid.w;
       }
-      dot += left * right;
-      nl += left * left;
-      nr += right * right;
+      dot[k] += l.x * rt.x + l.y * rt.y + l.z * rt.z + l.w * rt.w;
+      nl[k] += l.x * l.x + l.y * l.y + l.z * l.z + l.w * l.w;
+      nr[k] += rt.x * rt.x + rt.y * rt.y + rt.z * rt.z + rt.w * rt.w;
     }
   }
-  for (int o = 1; o <= 2; o <<= 1) {
-    dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    nl += __shfl_xor_sync(0xffffffffu, nl, o);
-    nr += __shfl_xor_sync(0xffffffffu, nr, o);
-  }
-  if (sub == 0 && p < seq) {
-    float out = -INFINITY;
-    if (p >= window - 1 && p + window < seq) out = 1.f - dot / fmaxf(sqrtf(nl) * sqrtf(nr), 1e-12f);
-    scores[static_cast<int64_t>(b) * seq + p] = isnan(out) ? -INFINITY : out;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    for (int o = 1; o < 16; o <<= 1) {  // the 16 channel groups of a position sit in one half-warp
+      dot[k] += __shfl_xor_sync(0xffffffffu, dot[k], o);
+      nl[k] += __shfl_xor_sync(0xffffffffu, nl[k], o);
+      nr[k] += __shfl_xor_sync(0xffffffffu, nr[k], o);
+    }
+    const int p = p0 + quad * 4 + k;
+    if (cg == 0 && p < seq) {
+      float out = -INFINITY;
+      if (p >= window - 1 && p + window < seq) out = 1.f - dot[k] / fmaxf(sqrtf(nl[k]) * sqrtf(nr[k]), 1e-12f);
+      scores[static_cast<int64_t>(b) * seq + p] = isnan(out) ? -INFINITY : out;
+    }
   }
 }
 
@@ -94,9 +130,11 @@ __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restri
   if (lane == 0) scores[static_cast<int64_t>(b) * seq + p] = isnan(out) ? -INFINITY : out;
 }
 
-// 64-bit selection key of a candidate cut: higher score first, then lower position. 0 = no candidate.
+// Sort key of each position: its cut score's order-preserving bits, 0 if it is no candidate (not a
+// local maximum above the threshold). A stable descending sort then orders candidates by score,
+// then by position, as the reference does.
 __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
-                                    int forced, uint64_t* __restrict__ keys) {
+                                    int forced, uint32_t* __restrict__ keys, int32_t* __restrict__ positions) {
   const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= seq) return;
   const float* s = scores + static_cast<int64_t>(b) * seq;
@@ -104,50 +142,36 @@ __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, i
   bool ok = isfinite(v) && v > threshold && (forced < 0 || p < forced - radius);
   for (int q = max(0, p - radius); ok && q < p; ++q) ok = s[q] < v;
   for (int q = p + 1; ok && q <= min(seq - 1, p + radius); ++q) ok = s[q] <= v;
-  keys[static_cast<int64_t>(b) * seq + p] =
-      ok ? (static_cast<uint64_t>(orderable(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(p)) : 0ull;
+  keys[static_cast<int64_t>(b) * seq + p] = ok ? orderable(v) : 0u;  // finite floats never map to 0
+  positions[static_cast<int64_t>(b) * seq + p] = p;
 }
 
-// One CTA per sample: keep the `take` best candidates, write cuts + 1 in position order, then the
-// forced instruction cut (always after every candidate), padding stays L.
-__global__ void __launch_bounds__(kSelectThreads) WriteCutsKernel(const uint64_t* __restrict__ keys, int seq,
-                                                                  int take, int forced, int width,
-                                                                  int32_t* __restrict__ out) {
-  using Scan = cub::BlockScan<int, kSelectThreads>;
-  __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int n_cand_s;
-  const int b = blockIdx.x;
-  const uint64_t* key = keys + static_cast<int64_t>(b) * seq;
-  int32_t* row = out + static_cast<int64_t>(b) * width;
-  for (int i = threadIdx.x; i < width; i += kSelectThreads) row[i] = i == 0 ? 0 : seq;
-  int local = 0;
-  for (int p = threadIdx.x; p < seq; p += kSelectThreads) local += key[p] != 0;
-  int total = 0;
-  {
-    int unused;
-    Scan(scan_tmp).ExclusiveSum(local, unused, total);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) n_cand_s = total;
-  __syncthreads();
-  const int k = min(take, n_cand_s);
-  uint64_t kth = ~0ull;
-  if (k > 0) {
-    int64_t rest;
-    kth = BlockRadixSelect<kSelectThreads>(
-        seq, k, [&](int i) { return key[i]; }, [&](int i) { return static_cast<int64_t>(key[i] != 0); }, &rest);
-  }
-  // Write selected positions in ascending order: each thread owns a contiguous slice of positions.
-  const int per = (seq + kSelectThreads - 1) / kSelectThreads;
-  const int p0 = min(seq, threadIdx.x * per), p1 = min(seq, p0 + per);
-  int mine = 0;
-  for (int p = p0; p < p1; ++p) mine += key[p] != 0 && key[p] >= kth;
-  int offset;
-  __syncthreads();
-  Scan(scan_tmp).ExclusiveSum(mine, offset);
-  for (int p = p0; p < p1; ++p)
-    if (key[p] != 0 && key[p] >= kth) row[1 + offset++] = p + 1;
-  if (forced >= 0 && threadIdx.x == 0) row[1 + k] = forced + 1;
+// Flags the positions of the first `take` sorted candidates.
+__global__ void MarkCutsKernel(const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted_pos,
+                               int seq, int take, int32_t* __restrict__ flags) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < min(seq, take) && sorted_keys[i] != 0) flags[sorted_pos[i]] = 1;
+}
+
+// One sample's boundary row from the flags and their exclusive prefix sum: 0, the k cuts + 1 in
+// position order, the forced instruction cut (after every candidate), then L as padding.
+__global__ void WriteCutsKernel(const int32_t* __restrict__ flags, const int32_t* __restrict__ offsets, int seq,
+                                int forced, int width, int32_t* __restrict__ row) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int k = offsets[seq - 1] + flags[seq - 1];
+  if (i < seq && flags[i]) row[1 + offsets[i]] = i + 1;
+  if (i < width && (i == 0 || i > k)) row[i] = i == 0 ? 0 : (forced >= 0 && i == k + 1 ? forced + 1 : seq);
+}
+
+// CUB temp storage of one sample's cut selection (the sort and the scan run one after the other).
+size_t CutSelectionTempBytes(int seq) {
+  size_t sort = 0, scan = 0;
+  cub::DeviceRadixSort::SortPairsDescending(nullptr, sort, static_cast<const uint32_t*>(nullptr),
+                                            static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                            static_cast<int32_t*>(nullptr), seq);
+  cub::DeviceScan::ExclusiveSum(nullptr, scan, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                seq);
+  return std::max(sort, scan);
 }
 
 __global__ void FixedKernel(int seq, int chunk, int width, int32_t* __restrict__ out) {
@@ -174,8 +198,10 @@ struct Launch {
     Workspace ws(workspace, ChunkBoundariesWorkspace(a, key.b, key.l), stream, op);
     DHSA_RETURN_IF_ERROR(ws.status());
     float* cut = ws.take<float>(key.b * key.l);
-    uint64_t* keys = ws.take<uint64_t>(key.b * key.l);
-    if (a.method == BoundaryMethod::kSimilarity && a.window <= kMaxTiledWindow) {
+    constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+    const bool tiled = a.method == BoundaryMethod::kSimilarity && a.window <= kMaxTiledWindow && key.d % kVec == 0 &&
+                       reinterpret_cast<uintptr_t>(key.data) % 16 == 0;
+    if (tiled) {
       CutScoresTiledKernel<T><<<dim3((seq + kTilePositions - 1) / kTilePositions, batch), 256, 0, stream>>>(
           static_cast<const T*>(key.data), static_cast<int>(key.h), seq, static_cast<int>(key.d),
           static_cast<int>(a.window), cut);
@@ -187,12 +213,33 @@ struct Launch {
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "CutScoresKernel");
     const int64_t tail = std::min<int64_t>(a.instruction_tokens, key.l);
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;
+    uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
+    int32_t* positions = ws.take<int32_t>(key.b * key.l);
+    uint32_t* sorted_keys = ws.take<uint32_t>(key.l);
+    int32_t* sorted_pos = ws.take<int32_t>(key.l);
+    int32_t* flags = ws.take<int32_t>(key.l);
+    int32_t* offsets = ws.take<int32_t>(key.l);
+    size_t cub_bytes = CutSelectionTempBytes(seq);
+    void* cub_tmp = ws.take<unsigned char>(cub_bytes);
     CandidateKeysKernel<<<dim3((seq + 255) / 256, batch), 256, 0, stream>>>(
-        cut, seq, static_cast<int>(a.nms_radius), a.threshold, forced, keys);
+        cut, seq, static_cast<int>(a.nms_radius), a.threshold, forced, keys, positions);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "CandidateKeysKernel");
     const int take = static_cast<int>(std::max<int64_t>(0, n - 1 - (forced >= 0 ? 1 : 0)));
-    WriteCutsKernel<<<batch, kSelectThreads, 0, stream>>>(keys, seq, take, forced, width, out);
-    return CudaStatus(cudaGetLastError(), op, "WriteCutsKernel");
+    const int grid = (std::max(seq, width) + 255) / 256;
+    for (int b = 0; b < batch; ++b) {  // prefill batches are small; each sample is a device-wide sort
+      DHSA_CUDA_RETURN(cub::DeviceRadixSort::SortPairsDescending(
+                           cub_tmp, cub_bytes, keys + static_cast<int64_t>(b) * seq, sorted_keys,
+                           positions + static_cast<int64_t>(b) * seq, sorted_pos, seq, 0, 32, stream),
+                       op, "cub::DeviceRadixSort");
+      DHSA_CUDA_RETURN(cudaMemsetAsync(flags, 0, sizeof(int32_t) * seq, stream), op, "cudaMemsetAsync");
+      MarkCutsKernel<<<(seq + 255) / 256, 256, 0, stream>>>(sorted_keys, sorted_pos, seq, take, flags);
+      DHSA_CUDA_RETURN(cub::DeviceScan::ExclusiveSum(cub_tmp, cub_bytes, flags, offsets, seq, stream), op,
+                       "cub::DeviceScan");
+      WriteCutsKernel<<<grid, 256, 0, stream>>>(flags, offsets, seq, forced, width,
+                                                out + static_cast<int64_t>(b) * width);
+      DHSA_CUDA_RETURN(cudaGetLastError(), op, "WriteCutsKernel");
+    }
+    return Status::Ok();
   }
 };
 
@@ -200,7 +247,8 @@ struct Launch {
 
 size_t ChunkBoundariesWorkspace(const ChunkBoundariesAttrs& a, int64_t batch, int64_t seq) {
   if (a.method == BoundaryMethod::kFixed) return 0;
-  return Workspace::Align(batch * seq * sizeof(float)) + Workspace::Align(batch * seq * sizeof(uint64_t));
+  return Workspace::Align(batch * seq * sizeof(float)) + 2 * Workspace::Align(batch * seq * sizeof(int32_t)) +
+         4 * Workspace::Align(seq * sizeof(int32_t)) + Workspace::Align(CutSelectionTempBytes(static_cast<int>(seq)));
 }
 
 Status ChunkBoundaries(const ChunkBoundariesAttrs& a, const Act4& key, const float* scores, int32_t* out, void* stream,

@@ -53,12 +53,13 @@ __device__ __forceinline__ uint32_t orderable(float f) {
 }
 
 // The item at which the running weight, from the largest key down, reaches k (k >= 1), by an MSB-first
-// radix select over 64-bit keys with per-item integer weights; *rest = weight still to take from that
-// item. Keys must be unique among items of positive weight. Warp-aggregated histogram atomics: the
-// leading digits of float scores are nearly all equal, so plain atomics would serialise.
+// radix select over keys of `bits` bits (<= 64) with per-item integer weights (total < 2^32); *rest =
+// weight still to take from that item. Keys must be unique among items of positive weight. When a
+// warp's items share a digit (the leading digits of float scores nearly all do) one lane adds the
+// warp's total, else each lane adds its own.
 template <int kThreads, typename KeyAt, typename WeightAt>
-__device__ uint64_t BlockRadixSelect(int n, int64_t k, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
-  __shared__ unsigned long long hist[256];
+__device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
+  __shared__ unsigned hist[256];
   __shared__ uint64_t prefix_s;
   __shared__ int64_t k_s;
   if (threadIdx.x == 0) {
@@ -67,7 +68,7 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, KeyAt key_at, WeightAt we
   }
   __syncthreads();
   uint64_t mask = 0;
-  for (int digit = 7; digit >= 0; --digit) {
+  for (int digit = (bits - 1) / 8; digit >= 0; --digit) {
     for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
     __syncthreads();
     const uint64_t prefix = prefix_s;
@@ -80,21 +81,42 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, KeyAt key_at, WeightAt we
         const uint64_t key = key_at(i);
         if (w > 0 && (key & mask) == prefix) bin = static_cast<int>((key >> (8 * digit)) & 0xff);
       }
-      const unsigned peers = __match_any_sync(0xffffffffu, bin);
-      const unsigned total = __reduce_add_sync(peers, bin < 256 ? w : 0u);
-      if (bin < 256 && (threadIdx.x % 32) == static_cast<unsigned>(__ffs(peers) - 1))
-        atomicAdd(&hist[bin], static_cast<unsigned long long>(total));
+      const int bin0 = __shfl_sync(0xffffffffu, bin, 0);
+      if (__all_sync(0xffffffffu, bin == bin0)) {
+        const unsigned total = __reduce_add_sync(0xffffffffu, w);
+        if (bin0 < 256 && threadIdx.x % 32 == 0) atomicAdd(&hist[bin0], total);
+      } else if (bin < 256) {
+        atomicAdd(&hist[bin], w);
+      }
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t need = k_s;
-      int v = 255;
-      for (; v > 0; --v) {
-        if (static_cast<int64_t>(hist[v]) >= need) break;
-        need -= static_cast<int64_t>(hist[v]);
+    if (threadIdx.x < 32) {  // the bin where the running weight from the top reaches k: lane l owns bins 255-8l ..
+      const int lane = threadIdx.x;
+      const int64_t need = k_s;  // read by every lane before the shuffles, so before lane l writes it
+      int64_t c[8], total = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) total += (c[j] = static_cast<int64_t>(hist[255 - 8 * lane - j]));
+      int64_t incl = total;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int64_t y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
       }
-      prefix_s = prefix | (static_cast<uint64_t>(v) << (8 * digit));
-      k_s = need;
+      const int64_t excl = incl - total;
+      if ((excl < need && need <= incl) || (lane == 31 && need > incl)) {  // past all bins: bin 0, as a scan would
+        int64_t rest_need = need - excl;
+        int v = 255 - 8 * lane - 7;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          if (c[j] >= rest_need || 255 - 8 * lane - j == 0) {
+            v = 255 - 8 * lane - j;
+            break;
+          }
+          rest_need -= c[j];
+        }
+        prefix_s = prefix | (static_cast<uint64_t>(v) << (8 * digit));
+        k_s = rest_need;
+      }
     }
     mask |= 0xffull << (8 * digit);
     __syncthreads();

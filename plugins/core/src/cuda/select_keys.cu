@@ -1,7 +1,8 @@
 // DhsaSelectKeys on the GPU. Scores are constant within a chunk, so selection works on chunks:
-// per query block one CTA scores the chunks of its free range, radix-selects the budget by
-// (score desc, chunk desc) weighted by token counts, and writes indices in order. Memory stays
-// O(B * (N + nQB) * D) for representations and O(B * nQB * Nb) for the output; nothing L-wide per block.
+// a CTA scores the chunks of the free ranges of G consecutive query blocks at once (each chunk
+// representation read once for G blocks), then per block radix-selects the budget by (score desc,
+// chunk desc) weighted by token counts and writes indices in order. Memory stays O(B * (N + nQB) * D)
+// for representations and O(B * nQB * Nb) for the output; nothing L-wide per block.
 #include <cub/block/block_scan.cuh>
 
 #include "common.cuh"
@@ -14,135 +15,231 @@ namespace {
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+__host__ __device__ constexpr int pad4(int n) { return (n + 3) / 4 * 4; }
+
+constexpr int kRepThreads = 512;
+
+// Column sums of n_rows rows of dim elements (row_at(x): the row's first element) in float64: a
+// thread adds kVec-element vectors (16 bytes, or single elements for odd head dims / unaligned
+// data) of every parts-th row, then the parts are added in shared memory; emit(d, sum) per column.
+template <typename T, int kVec, typename RowAt, typename Emit>
+__device__ __forceinline__ void SumRows(int n_rows, int dim, RowAt row_at, Emit emit) {
+  static_assert(kVec == 1 || kVec * sizeof(T) == 16, "a vector is one element or 16 bytes");
+  extern __shared__ double part_sums[];  // (parts, dim)
+  const int vecs = dim / kVec, parts = kRepThreads / vecs, part = threadIdx.x / vecs, d0 = (threadIdx.x % vecs) * kVec;
+  double acc[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) acc[k] = 0.0;
+  if (part < parts) {
+#pragma unroll 4
+    for (int x = part; x < n_rows; x += parts) {
+      const T* src = row_at(x) + d0;
+      T v[kVec];
+      if constexpr (kVec == 1) v[0] = *src;
+      else *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(src);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) acc[k] += to_float(v[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) part_sums[part * dim + d0 + k] = acc[k];
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < dim; d += kRepThreads) {
+    double sum = 0.0;
+    for (int q = 0; q < parts; ++q) sum += part_sums[q * dim + d];
+    emit(d, sum);
+  }
+}
 
 // k_c = sum over the chunk of head-averaged keys / sqrt(|c|), float64 accumulation (no cancellation).
-template <typename T>
-__global__ void ChunkRepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd, int heads, int seq,
-                                int dim, int n_plus_1, float* __restrict__ reps) {
+// Stored transposed, (B, D, N4) with rows padded to N4 = N rounded up to 4: the scoring threads,
+// four chunks each, then read consecutive 16-byte vectors.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kRepThreads) ChunkRepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd,
+                                                               int heads, int seq, int dim, int n_plus_1,
+                                                               float* __restrict__ reps) {
   const int c = blockIdx.x, b = blockIdx.y;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
-  const int s = clampi(row[c], 0, seq), e = clampi(row[c + 1], s, seq);
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-    double acc = 0.0;
-    for (int h = 0; h < heads; ++h) {
-      const T* base = key + (static_cast<int64_t>(b) * heads + h) * seq * dim + d;
-      for (int j = s; j < e; ++j) acc += to_float(base[static_cast<int64_t>(j) * dim]);
-    }
-    const int len = e - s;
-    reps[(static_cast<int64_t>(b) * (n_plus_1 - 1) + c) * dim + d] =
-        len > 0 ? static_cast<float>(acc / heads / sqrt(static_cast<double>(len))) : 0.f;
-  }
+  const int s = clampi(row[c], 0, seq), len = clampi(row[c + 1], s, seq) - s;
+  SumRows<T, kVec>(
+      len * heads, dim,
+      [&](int x) { return key + ((static_cast<int64_t>(b) * heads + x / len) * seq + s + x % len) * dim; },
+      [&](int d, double sum) {
+        reps[(static_cast<int64_t>(b) * dim + d) * pad4(n_plus_1 - 1) + c] =
+            len > 0 ? static_cast<float>(sum / heads / sqrt(static_cast<double>(len))) : 0.f;
+      });
 }
 
-// q_i = mean over the block's sparse queries and all query heads; blockDim = kParts * dim threads,
-// each part summing every kParts-th (token, head) pair, then a shared-memory reduction.
-constexpr int kParts = 4;
-template <typename T>
-__global__ void QueryRepsKernel(const T* __restrict__ query, int heads, int seq, int dim, int block, int tail0,
-                                float* __restrict__ reps) {
-  extern __shared__ double part_sums[];  // (kParts, dim)
+// q_i = mean over the block's sparse queries and all query heads.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kRepThreads) QueryRepsKernel(const T* __restrict__ query, int heads, int seq,
+                                                               int dim, int block, int tail0, float* __restrict__ reps) {
   const int i = blockIdx.x, b = blockIdx.y, nqb = gridDim.x;
-  const int s = i * block, e = min(s + block, tail0), n = max(e - s, 0);
-  const int d = threadIdx.x % dim, part = threadIdx.x / dim;
-  double acc = 0.0;
-  for (int x = part; x < n * heads; x += kParts) {
-    const int t = s + x / heads, h = x % heads;
-    acc += to_float(query[((static_cast<int64_t>(b) * heads + h) * seq + t) * dim + d]);
-  }
-  part_sums[part * dim + d] = acc;
-  __syncthreads();
-  if (part == 0) {
-    for (int q = 1; q < kParts; ++q) acc += part_sums[q * dim + d];
-    reps[(static_cast<int64_t>(b) * nqb + i) * dim + d] = n > 0 ? static_cast<float>(acc / heads / n) : 0.f;
-  }
+  const int s = i * block, n = max(min(s + block, tail0) - s, 0);
+  SumRows<T, kVec>(
+      n * heads, dim,
+      [&](int x) { return query + ((static_cast<int64_t>(b) * heads + x % heads) * seq + s + x / heads) * dim; },
+      [&](int d, double sum) {
+        reps[(static_cast<int64_t>(b) * nqb + i) * dim + d] = n > 0 ? static_cast<float>(sum / heads / n) : 0.f;
+      });
 }
 
+// Query blocks i0 .. i0 + G - 1 (G = kGroup): score the union of their free chunk ranges once, then
+// select per block. Shared memory: G scores and one weight per chunk of the union, G query reps.
+template <int kGroup>
 __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict__ qreps,
-                                                         const float* __restrict__ kreps,
+                                                         const float* __restrict__ kreps_t,
                                                          const int32_t* __restrict__ bd, int n_plus_1, int seq, int dim,
-                                                         SelectKeysAttrs a, int32_t* __restrict__ indices,
+                                                         int nqb, SelectKeysAttrs a, int32_t* __restrict__ indices,
                                                          int32_t* __restrict__ counts) {
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int c0_s, c1_s;
-  extern __shared__ unsigned char smem[];
-  const int i = blockIdx.x, b = blockIdx.y, nqb = gridDim.x;
-  const int budget = static_cast<int>(a.budget);
-  int32_t* out = indices + (static_cast<int64_t>(b) * nqb + i) * budget;
-  const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
-  const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
-  if (hi - lo <= budget) {
-    for (int j = threadIdx.x; j < budget; j += kThreads) out[j] = lo + j < hi ? lo + j : -1;
-    if (threadIdx.x == 0) counts[static_cast<int64_t>(b) * nqb + i] = max(hi - lo, 0);
-    return;
-  }
-  for (int j = threadIdx.x; j < budget; j += kThreads) out[j] = -1;  // only invalid boundaries leave any
-  const int f0 = lo + static_cast<int>(a.global_tokens), f1 = hi - static_cast<int>(a.local_tokens);
-  const int remaining = budget - static_cast<int>(a.global_tokens + a.local_tokens);
+  __shared__ int c0_s[kGroup], c1_s[kGroup];
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int i0 = blockIdx.x * kGroup, b = blockIdx.y, groups = min(kGroup, nqb - i0);
+  const int budget = static_cast<int>(a.budget), n = n_plus_1 - 1;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
-  const int n = n_plus_1 - 1;
-  if (threadIdx.x == 0) {  // chunks holding f0 and f1 - 1 (upper_bound - 1), clamped into the row
-    int a0 = 0, b0 = n_plus_1;
-    while (a0 < b0) {
-      const int m = (a0 + b0) / 2;
-      if (row[m] <= f0) a0 = m + 1; else b0 = m;
-    }
-    int a1 = 0, b1 = n_plus_1;
-    while (a1 < b1) {
-      const int m = (a1 + b1) / 2;
-      if (row[m] <= f1 - 1) a1 = m + 1; else b1 = m;
-    }
-    c0_s = clampi(a0 - 1, 0, n - 1);
-    c1_s = clampi(a1 - 1, 0, n - 1);
-  }
-  __syncthreads();
-  const int c0 = c0_s, m = max(0, c1_s - c0_s + 1);
-  float* score = reinterpret_cast<float*>(smem);
-  int* weight = reinterpret_cast<int*>(score + m);
-  const float* q = qreps + (static_cast<int64_t>(b) * nqb + i) * dim;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int j = warp; j < m; j += kThreads / 32) {
-    const int c = c0 + j;
-    const float* k = kreps + (static_cast<int64_t>(b) * n + c) * dim;
-    float dot = 0.f;
-    for (int d = lane; d < dim; d += 32) dot += q[d] * k[d];
-    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    if (lane == 0) {
-      const int s = max(clampi(row[c], 0, seq), f0), e = min(clampi(row[c + 1], 0, seq), f1);
-      score[j] = dot;
-      weight[j] = max(0, e - s);
-    }
-  }
-  __syncthreads();
-  int64_t rest = 0;
-  uint64_t kth = ~0ull;
-  if (remaining > 0)
-    kth = BlockRadixSelect<kThreads>(
-        m, remaining,
-        [&](int j) { return (static_cast<uint64_t>(orderable(score[j])) << 32) | static_cast<uint32_t>(c0 + j); },
-        [&](int j) { return static_cast<int64_t>(weight[j]); }, &rest);
-  // Tokens taken per chunk, then their output offsets in chunk (= position) order.
-  const int per = (m + kThreads - 1) / kThreads;
-  const int j0 = min(m, static_cast<int>(threadIdx.x) * per), j1 = min(m, j0 + per);
-  auto taken = [&](int j) -> int {
-    if (weight[j] == 0 || remaining <= 0) return 0;
-    const uint64_t key = (static_cast<uint64_t>(orderable(score[j])) << 32) | static_cast<uint32_t>(c0 + j);
-    return key > kth ? weight[j] : (key == kth ? min(static_cast<int>(rest), weight[j]) : 0);
+  // Free range [f0, f1) of each block and the chunks holding f0 and f1 - 1 (upper_bound - 1).
+  auto free_range = [&](int i, int* f0, int* f1) {
+    const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
+    *f0 = static_cast<int>(r.lo) + static_cast<int>(a.global_tokens);
+    *f1 = static_cast<int>(r.hi) - static_cast<int>(a.local_tokens);
+    return static_cast<int>(r.hi - r.lo) > budget;  // else the block keeps its whole range
   };
-  int mine = 0;
-  for (int j = j0; j < j1; ++j) mine += taken(j);
-  int offset;
-  Scan(scan_tmp).ExclusiveSum(mine, offset);
-  offset += static_cast<int>(a.global_tokens);
-  const int free_end = budget - static_cast<int>(a.local_tokens);  // bounds writes even for invalid boundaries
-  for (int j = j0; j < j1; ++j) {
-    const int t = taken(j);
-    const int e = min(clampi(row[c0 + j + 1], 0, seq), f1);
-    for (int x = e - t; x < e && offset < free_end; ++x) out[offset++] = x;  // partial chunk: most recent tokens
+  if (threadIdx.x < groups) {
+    int f0, f1, c0 = n, c1 = -1;  // empty range: dense blocks score nothing
+    if (free_range(i0 + threadIdx.x, &f0, &f1)) {
+      auto upper = [&](int x) {
+        int lo = 0, hi = n_plus_1;
+        while (lo < hi) {
+          const int m = (lo + hi) / 2;
+          if (row[m] <= x) lo = m + 1; else hi = m;
+        }
+        return clampi(lo - 1, 0, n - 1);
+      };
+      c0 = upper(f0);
+      c1 = upper(f1 - 1);
+    }
+    c0_s[threadIdx.x] = c0;
+    c1_s[threadIdx.x] = c1;
   }
-  for (int x = threadIdx.x; x < a.global_tokens; x += kThreads) out[x] = lo + x;
-  for (int x = threadIdx.x; x < a.local_tokens; x += kThreads) out[budget - a.local_tokens + x] = f1 + x;
-  if (threadIdx.x == 0) counts[static_cast<int64_t>(b) * nqb + i] = budget;
+  __syncthreads();
+  int u0 = n, u1 = -1;
+  for (int g = 0; g < groups; ++g) u0 = min(u0, c0_s[g]), u1 = max(u1, c1_s[g]);
+  const int mu = max(0, u1 - u0 + 1);
+  float* q_s = reinterpret_cast<float*>(smem);  // (dim, kGroup)
+  float* score = q_s + dim * kGroup;             // (kGroup, mu)
+  int* weight = reinterpret_cast<int*>(score + kGroup * mu);
+  for (int x = threadIdx.x; x < dim * kGroup; x += kThreads) {
+    const int d = x / kGroup, g = x % kGroup;
+    q_s[x] = g < groups ? qreps[(static_cast<int64_t>(b) * nqb + i0 + g) * dim + d] : 0.f;
+  }
+  __syncthreads();
+  // Four chunks per thread from the aligned chunk at or below u0: 16-byte loads, 8 in flight, since
+  // few CTAs fit per SM and latency, not bandwidth, bounds this loop.
+  const int n4 = pad4(n);
+  const float* kt = kreps_t + static_cast<int64_t>(b) * dim * n4;
+  for (int c4 = (u0 & ~3) + 4 * static_cast<int>(threadIdx.x); c4 <= u1; c4 += 4 * kThreads) {
+    float acc[kGroup][4];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = 0.f;
+    constexpr int kUnroll = 8;
+    int d = 0;
+    auto fma4 = [&](int dd, float4 k) {
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const float qv = q_s[dd * kGroup + g];
+        acc[g][0] += qv * k.x, acc[g][1] += qv * k.y, acc[g][2] += qv * k.z, acc[g][3] += qv * k.w;
+      }
+    };
+    for (; d + kUnroll <= dim; d += kUnroll) {
+      float4 k[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) k[u] = *reinterpret_cast<const float4*>(kt + static_cast<int64_t>(d + u) * n4 + c4);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) fma4(d + u, k[u]);
+    }
+    for (; d < dim; ++d) fma4(d, *reinterpret_cast<const float4*>(kt + static_cast<int64_t>(d) * n4 + c4));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = c4 + e;
+      if (c >= u0 && c <= u1)
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) score[g * mu + c - u0] = acc[g][e];
+    }
+  }
+  for (int g = 0; g < groups; ++g) {
+    const int i = i0 + g;
+    int32_t* out = indices + (static_cast<int64_t>(b) * nqb + i) * budget;
+    const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
+    const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
+    if (hi - lo <= budget) {
+      for (int j = threadIdx.x; j < budget; j += kThreads) out[j] = lo + j < hi ? lo + j : -1;
+      if (threadIdx.x == 0) counts[static_cast<int64_t>(b) * nqb + i] = max(hi - lo, 0);
+      continue;
+    }
+    for (int j = threadIdx.x; j < budget; j += kThreads) out[j] = -1;  // only invalid boundaries leave any
+    int f0, f1;
+    free_range(i, &f0, &f1);
+    const int remaining = budget - static_cast<int>(a.global_tokens + a.local_tokens);
+    const int c0 = c0_s[g], m = max(0, c1_s[g] - c0 + 1);
+    const float* sc = score + g * mu + (c0 - u0);
+    __syncthreads();  // the scores are complete; the previous block is done with the weights
+    for (int j = threadIdx.x; j < m; j += kThreads) {
+      const int c = c0 + j, s0 = max(clampi(row[c], 0, seq), f0), e0 = min(clampi(row[c + 1], 0, seq), f1);
+      weight[j] = max(0, e0 - s0);
+    }
+    __syncthreads();
+    int64_t rest = 0;
+    uint64_t kth = ~0ull;
+    // Key: (score, chunk) with the chunk in just enough low bits, so the select runs fewer passes.
+    const int cbits = n > 1 ? 32 - __clz(n - 1) : 1;
+    auto key_of = [&](int j) { return (static_cast<uint64_t>(orderable(sc[j])) << cbits) | static_cast<uint32_t>(c0 + j); };
+    if (remaining > 0)
+      kth = BlockRadixSelect<kThreads>(m, remaining, 32 + cbits, key_of,
+                                       [&](int j) { return static_cast<int64_t>(weight[j]); }, &rest);
+    // Tokens taken per chunk, then their output offsets in chunk (= position) order.
+    const int per = (m + kThreads - 1) / kThreads;
+    const int j0 = min(m, static_cast<int>(threadIdx.x) * per), j1 = min(m, j0 + per);
+    auto taken = [&](int j) -> int {
+      if (weight[j] == 0 || remaining <= 0) return 0;
+      const uint64_t key = key_of(j);
+      return key > kth ? weight[j] : (key == kth ? min(static_cast<int>(rest), weight[j]) : 0);
+    };
+    int mine = 0;
+    for (int j = j0; j < j1; ++j) mine += taken(j);
+    int offset;
+    Scan(scan_tmp).ExclusiveSum(mine, offset);
+    offset += static_cast<int>(a.global_tokens);
+    const int free_end = budget - static_cast<int>(a.local_tokens);  // bounds writes even for invalid boundaries
+    for (int j = j0; j < j1; ++j) {
+      const int t = taken(j);
+      const int e = min(clampi(row[c0 + j + 1], 0, seq), f1);
+      for (int x = e - t; x < e && offset < free_end; ++x) out[offset++] = x;  // partial chunk: most recent tokens
+    }
+    for (int x = threadIdx.x; x < a.global_tokens; x += kThreads) out[x] = lo + x;
+    for (int x = threadIdx.x; x < a.local_tokens; x += kThreads) out[budget - a.local_tokens + x] = f1 + x;
+    if (threadIdx.x == 0) counts[static_cast<int64_t>(b) * nqb + i] = budget;
+    __syncthreads();  // scan_tmp and the weights are reused by the next block
+  }
+}
+
+// Shared memory of SelectKernel<G> (blocks of one CTA share chunk ranges at most n wide).
+size_t SelectSmem(int group, int n, int dim) {
+  return static_cast<size_t>(dim) * group * sizeof(float) + static_cast<size_t>(n) * group * sizeof(float) +
+         static_cast<size_t>(n) * sizeof(int);
+}
+
+template <int kGroup>
+Status LaunchSelect(const float* qreps, const float* kreps_t, const int32_t* bd, int n_plus_1, int seq, int dim,
+                    int nqb, int batch, const SelectKeysAttrs& a, int32_t* indices, int32_t* counts,
+                    cudaStream_t stream) {
+  const size_t smem = SelectSmem(kGroup, n_plus_1 - 1, dim);
+  DHSA_CUDA_RETURN(cudaFuncSetAttribute(SelectKernel<kGroup>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)), kSelectKeys, "cudaFuncSetAttribute");
+  SelectKernel<kGroup><<<dim3((nqb + kGroup - 1) / kGroup, batch), kThreads, smem, stream>>>(
+      qreps, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts);
+  return CudaStatus(cudaGetLastError(), kSelectKeys, "SelectKernel");
 }
 
 template <typename T>
@@ -153,31 +250,57 @@ struct Launch {
     const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
     const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
     const int n = static_cast<int>(n_plus_1 - 1);
-    const size_t smem = static_cast<size_t>(n) * (sizeof(float) + sizeof(int));
-    int max_smem = 0;
+    int max_smem = 0, device = 0, sms = 1;
     DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), op, "cudaDeviceGetAttribute");
-    if (smem + 4096 > static_cast<size_t>(max_smem))
+    DHSA_CUDA_RETURN(cudaGetDevice(&device), op, "cudaGetDevice");
+    DHSA_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), op, "cudaDeviceGetAttribute");
+    constexpr size_t kStatic = 4096;  // scan + radix-select scratch
+    if (SelectSmem(1, n, dim) + kStatic > static_cast<size_t>(max_smem))
       return Status::Error(std::string(op) + ": " + std::to_string(n) +
                            " chunks exceed one CTA's shared memory; lower chunk_beta or the sequence length");
-    DHSA_CUDA_RETURN(cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)), op, "cudaFuncSetAttribute");
+    if (dim > 256) return Status::Error(std::string(op) + ": head dim above 256 is not supported on CUDA");
+    // Blocks per CTA: as many as shared memory allows while the grid still covers every SM.
+    int group = 1;
+    for (int g : {8, 4, 2})
+      if (SelectSmem(g, n, dim) + kStatic <= static_cast<size_t>(max_smem) && (nqb / g) * batch >= sms) {
+        group = g;
+        break;
+      }
     Workspace ws(workspace, SelectKeysWorkspace(a, q.b, q.l, q.d, n_plus_1), stream, op);
     DHSA_RETURN_IF_ERROR(ws.status());
-    float* kreps = ws.take<float>(q.b * n * q.d);
+    float* kreps = ws.take<float>(q.b * pad4(n) * q.d);
     float* qreps = ws.take<float>(q.b * nqb * q.d);
-    const int threads = dim < 256 ? dim : 256;
-    ChunkRepsKernel<T><<<dim3(n, batch), threads, 0, stream>>>(static_cast<const T*>(k.data), bd,
-                                                              static_cast<int>(k.h), seq, dim,
-                                                              static_cast<int>(n_plus_1), kreps);
+    constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+    const int tail0 = static_cast<int>(tail_start(q.l, a.instruction_tokens)), heads_k = static_cast<int>(k.h);
+    const bool vec = dim % kVec == 0 && reinterpret_cast<uintptr_t>(q.data) % 16 == 0 &&
+                     reinterpret_cast<uintptr_t>(k.data) % 16 == 0;
+    const size_t rsmem = static_cast<size_t>(kRepThreads / (vec ? dim / kVec : dim)) * dim * sizeof(double);
+    const auto* kd = static_cast<const T*>(k.data);
+    const auto* qd = static_cast<const T*>(q.data);
+    if (vec) {
+      ChunkRepsKernel<T, kVec><<<dim3(n, batch), kRepThreads, rsmem, stream>>>(kd, bd, heads_k, seq, dim,
+                                                                              static_cast<int>(n_plus_1), kreps);
+    } else {
+      ChunkRepsKernel<T, 1><<<dim3(n, batch), kRepThreads, rsmem, stream>>>(kd, bd, heads_k, seq, dim,
+                                                                           static_cast<int>(n_plus_1), kreps);
+    }
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "ChunkRepsKernel");
-    if (dim > 256) return Status::Error(std::string(op) + ": head dim above 256 is not supported on CUDA");
-    QueryRepsKernel<T><<<dim3(nqb, batch), kParts * dim, kParts * dim * sizeof(double), stream>>>(
-        static_cast<const T*>(q.data), static_cast<int>(q.h), seq, dim, static_cast<int>(a.block_size),
-        static_cast<int>(tail_start(q.l, a.instruction_tokens)), qreps);
+    const int block = static_cast<int>(a.block_size), heads_q = static_cast<int>(q.h);
+    if (vec) {
+      QueryRepsKernel<T, kVec><<<dim3(nqb, batch), kRepThreads, rsmem, stream>>>(qd, heads_q, seq, dim, block, tail0,
+                                                                                qreps);
+    } else {
+      QueryRepsKernel<T, 1><<<dim3(nqb, batch), kRepThreads, rsmem, stream>>>(qd, heads_q, seq, dim, block, tail0,
+                                                                             qreps);
+    }
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "QueryRepsKernel");
-    SelectKernel<<<dim3(nqb, batch), kThreads, smem, stream>>>(qreps, kreps, bd, static_cast<int>(n_plus_1), seq,
-                                                               dim, a, indices, counts);
-    return CudaStatus(cudaGetLastError(), op, "SelectKernel");
+    const int np1 = static_cast<int>(n_plus_1);
+    switch (group) {
+      case 8: return LaunchSelect<8>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
+      case 4: return LaunchSelect<4>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
+      case 2: return LaunchSelect<2>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
+      default: return LaunchSelect<1>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
+    }
   }
 };
 
@@ -185,7 +308,7 @@ struct Launch {
 
 size_t SelectKeysWorkspace(const SelectKeysAttrs& a, int64_t batch, int64_t seq, int64_t dim, int64_t n_plus_1) {
   const int64_t nqb = num_query_blocks(seq, a.block_size);
-  return Workspace::Align(batch * (n_plus_1 - 1) * dim * sizeof(float)) +
+  return Workspace::Align(batch * pad4(static_cast<int>(n_plus_1 - 1)) * dim * sizeof(float)) +
          Workspace::Align(batch * nqb * dim * sizeof(float));
 }
 

@@ -1,9 +1,10 @@
 // DhsaSparseAttention on the GPU, flash-style: a CTA holds 128 query rows of one kv-head group
 // (all heads of the group share the gathered keys), streams the block's selected K/V tiles through
-// shared memory with cp.async (multi-stage, swizzled), computes QK^T and PV on the tensor cores
-// (warpgroup wgmma on Hopper, mma.sync elsewhere) and keeps an online softmax in registers. The dense instruction tail
-// runs the same kernel over a contiguous key range split across CTAs (flash-decoding style), then
-// a small kernel merges the splits. float32 and unusual head dims take a simple warp-per-row path.
+// shared memory with cp.async (swizzled, multi-stage), computes QK^T and PV on the tensor cores and
+// keeps an online softmax in registers. Hopper (sm_90a builds) takes a wgmma kernel that overlaps
+// each tile's softmax with the previous tile's PV product; other GPUs an ldmatrix + mma.sync kernel.
+// The dense instruction tail runs in the same grid over key splits (flash-decoding style), then a
+// small kernel merges the splits. float32 and unusual head dims take a simple warp-per-row path.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,9 +34,8 @@ struct Params {
   const int32_t* counts;
   int nb, hq, hkv, seq, group, block, window, tail0;
   float scale, softcap;
-  // gather mode: grid.x = sparse_blocks * row_tiles
-  int row_tiles;
-  // tail mode: grid.x = tail_row_tiles * splits
+  // grid.x = tail_ctas (tail row tiles x key splits) + sparse blocks x row_tiles
+  int row_tiles, tail_ctas;
   int tail_rows, splits, split_keys, key_lo;
   float* part_o;   // (B, Hq, T, splits, D)
   float* part_ml;  // (B, Hq, T, splits, 2)
@@ -105,9 +105,8 @@ __device__ __forceinline__ int tile_off(int r, int ch, int rows) {
   else return swz<D>(r, ch) * 8;
 }
 
-// BN keys per tile (bounds the S registers), S pipeline stages (bounded by the device's shared memory);
-// wgmma tiles need a 1024-byte aligned base (the swizzle pattern repeats every 8 rows of 128 bytes).
-template <int D, int BN, int S, bool kWgmma = false>
+// BN keys per tile (bounds the S registers), S pipeline stages (bounded by the device's shared memory).
+template <int D, int BN, int S>
 struct Tiles {
   static constexpr int kBN = BN, kChunks = D / 8;
   static constexpr int kRowStep = kThreads / kChunks;      // a thread copies one 16-byte column of
@@ -115,7 +114,15 @@ struct Tiles {
   static_assert(kThreads % kChunks == 0 && kBN % kRowStep == 0 && S >= 2, "tile shape");
   static constexpr size_t kQBytes = size_t(kBM) * D * 2;
   static constexpr size_t kKVBytes = size_t(kBN) * D * 2;
-  static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int) + (kWgmma ? 1024 : 0);
+  static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int);
+};
+
+// wgmma kernel: 64-key tiles, SK stages of K (with their positions), 2 of V, 1024 bytes of alignment.
+template <int D, int SK>
+struct WgmmaTiles {
+  static constexpr int kBN = 64;
+  static constexpr size_t kQBytes = size_t(kBM) * D * 2, kTileBytes = size_t(kBN) * D * 2;
+  static constexpr size_t kSmem = 1024 + kQBytes + (SK + 2) * kTileBytes + SK * (kBN + 2 * kWarps) * sizeof(int);
 };
 
 struct RowInfo {
@@ -123,234 +130,147 @@ struct RowInfo {
   int t;     // query position
 };
 
-template <bool kGather>
-__device__ __forceinline__ RowInfo row_info(const Params& p, int tile_row0, int r, int block_i) {
-  const int rr = tile_row0 + r;
-  if constexpr (kGather) {
-    const int g = rr / p.block, t = block_i * p.block + rr % p.block;
-    const int end = min((block_i + 1) * p.block, p.tail0);
-    return (g < p.group && t < end) ? RowInfo{g, t} : RowInfo{-1, 0};
+// What a CTA works on: query rows [tile_row0, +kBM) of a sparse block's gathered keys, or of one
+// key split of the dense tail. One grid holds both: the tail's CTAs first (they stream the most
+// keys), then the sparse blocks, latest (most keys) first, so short causal-prefix blocks fill the
+// last wave's gaps.
+struct CtaWork {
+  bool gather;
+  int b, hk, block_i, tile_row0, split, n_keys, key0;
+  const int32_t* idx;
+};
+
+__device__ __forceinline__ CtaWork cta_work(const Params& p, bool gather) {
+  CtaWork w{gather, static_cast<int>(blockIdx.y) / p.hkv, static_cast<int>(blockIdx.y) % p.hkv, 0, 0, 0, 0, 0, nullptr};
+  const int x = static_cast<int>(blockIdx.x);
+  if (gather) {
+    const int sparse_blocks = (p.tail0 + p.block - 1) / p.block, nqb = (p.seq + p.block - 1) / p.block;
+    w.block_i = sparse_blocks - 1 - (x - p.tail_ctas) / p.row_tiles;
+    w.tile_row0 = ((x - p.tail_ctas) % p.row_tiles) * kBM;
+    w.n_keys = min(max(p.counts[static_cast<int64_t>(w.b) * nqb + w.block_i], 0), p.nb);
+    w.idx = p.indices + (static_cast<int64_t>(w.b) * nqb + w.block_i) * p.nb;
   } else {
-    const int g = rr / p.tail_rows, t = p.tail0 + rr % p.tail_rows;
-    return (g < p.group && t < p.seq) ? RowInfo{g, t} : RowInfo{-1, 0};
+    w.tile_row0 = (x / p.splits) * kBM;
+    w.split = x % p.splits;
+    w.key0 = p.key_lo + w.split * p.split_keys;
+    w.n_keys = max(0, min(p.split_keys, p.seq - w.key0));
+  }
+  return w;
+}
+
+__device__ __forceinline__ RowInfo row_info(const Params& p, const CtaWork& w, int r) {
+  const int rr = w.tile_row0 + r;
+  if (w.gather) {
+    const int g = rr / p.block, t = w.block_i * p.block + rr % p.block;
+    const int end = min((w.block_i + 1) * p.block, p.tail0);
+    return (g < p.group && t < end) ? RowInfo{g, t} : RowInfo{-1, 0};
+  }
+  const int g = rr / p.tail_rows, t = p.tail0 + rr % p.tail_rows;
+  return (g < p.group && t < p.seq) ? RowInfo{g, t} : RowInfo{-1, 0};
+}
+
+// Copies the CTA's Q rows into shared memory (rows of inactive queries are zero-filled).
+template <typename T, int D, bool kPanels>
+__device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s) {
+  constexpr int kChunks = D / 8;
+  const T* qg = static_cast<const T*>(p.q);
+  for (int c = threadIdx.x; c < kBM * kChunks; c += kThreads) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const RowInfo ri = row_info(p, w, r);
+    const int hq = w.hk * p.group + max(ri.head, 0);
+    const T* src = qg + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
+    cp_async16(q_s + tile_off<D, kPanels>(r, ch, kBM), src, ri.head >= 0);
   }
 }
 
-template <typename T, int D, int BN, int S, bool kGather, bool kWgmma>
-__global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
-  using TL = Tiles<D, BN, S, kWgmma>;
-  constexpr int kBN = TL::kBN, kChunks = TL::kChunks, kRows = TL::kRows, kRowStep = TL::kRowStep;
-  static_assert(!kWgmma || (kBN == 64 && D % 64 == 0 && kWarps == 8), "wgmma tiles: two warpgroups, 64 keys");
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw;
-  if constexpr (kWgmma) smem += (1024 - smem_addr(smem_raw) % 1024) % 1024;
-  T* q_s = reinterpret_cast<T*>(smem);
-  T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);  // S stages each
-  T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kKVBytes);
-  int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + 2 * S * TL::kKVBytes);
+// 2^x on the special-function unit (2 ulp; 2^-inf = 0), without exp2f's denormal handling.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
-  const int b = blockIdx.y / p.hkv, hk = blockIdx.y % p.hkv;
-  int block_i = 0, tile_row0, split = 0, n_keys, key0 = 0;
-  const int32_t* idx = nullptr;
-  if constexpr (kGather) {
-    block_i = blockIdx.x / p.row_tiles;
-    tile_row0 = (blockIdx.x % p.row_tiles) * kBM;
-    const int nqb = (p.seq + p.block - 1) / p.block;
-    n_keys = min(max(p.counts[static_cast<int64_t>(b) * nqb + block_i], 0), p.nb);
-    idx = p.indices + (static_cast<int64_t>(b) * nqb + block_i) * p.nb;
-  } else {
-    tile_row0 = (blockIdx.x / p.splits) * kBM;
-    split = blockIdx.x % p.splits;
-    key0 = p.key_lo + split * p.split_keys;
-    n_keys = max(0, min(p.split_keys, p.seq - key0));
-  }
-  const T* qg = static_cast<const T*>(p.q);
-  const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(b) * p.hkv + hk) * p.seq * D;
-  const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(b) * p.hkv + hk) * p.seq * D;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-
-  // Q tile (rows of inactive queries are zero-filled).
-  for (int c = tid; c < kBM * kChunks; c += kThreads) {
-    const int r = c / kChunks, ch = c % kChunks;
-    const RowInfo ri = row_info<kGather>(p, tile_row0, r, block_i);
-    const int hq = hk * p.group + max(ri.head, 0);
-    const T* src = qg + ((static_cast<int64_t>(b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
-    cp_async16(q_s + tile_off<D, kWgmma>(r, ch, kBM), src, ri.head >= 0);
-  }
-  // Key positions of a tile are read one tile before its copy is issued, so the dependent index
-  // load never stalls the warps between the barrier and the tensor-core work.
-  const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
-  auto fetch_positions = [&](int tile, int (&pos)[kRows]) {
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int j = tile * kBN + my_r0 + i * kRowStep;
-      pos[i] = j < n_keys ? (kGather ? idx[j] : key0 + j) : kNoKey;
-    }
-  };
-  auto issue_tile = [&](int stage, const int (&pos)[kRows]) {
-    T* kd = k_s + stage * kBN * D;
-    T* vd = v_s + stage * kBN * D;
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int r = my_r0 + i * kRowStep;
-      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
-      const int64_t row = ok ? pos[i] : 0;
-      cp_async16(kd + tile_off<D, kWgmma>(r, my_ch, kBN), kg + row * D + my_ch * 8, ok);
-      cp_async16(vd + tile_off<D, kWgmma>(r, my_ch, kBN), vg + row * D + my_ch * 8, ok);
-      if (my_ch == 0) pos_s[stage * kBN + r] = ok ? pos[i] : kNoKey;
-    }
-  };
-  const int n_tiles = (n_keys + kBN - 1) / kBN;
-  int pos[kRows];
-  fetch_positions(0, pos);
-#pragma unroll
-  for (int st = 0; st < S - 1; ++st) {  // prologue: tiles 0 .. S-2 in flight (the Q tile joins group 0)
-    if (st < n_tiles) {
-      issue_tile(st, pos);
-      fetch_positions(st + 1, pos);
-    }
-    cp_async_commit();
-  }
-
-  // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16).
-  const RowInfo r0 = row_info<kGather>(p, tile_row0, warp * 16 + lane / 4, block_i);
-  const RowInfo r1 = row_info<kGather>(p, tile_row0, warp * 16 + lane / 4 + 8, block_i);
-  const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
-  float o[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+// Online softmax over one tile of scores for this thread's two rows (positions t0, t1; -1 =
+// inactive): scale, soft-cap, mask (causal, sliding window, padding) in the log2 domain, then
+// s <- 2^(s - m_new), l updated; returns the factors the running output must be scaled by. kMask =
+// false when the caller knows every key of the tile is visible to every row of the warp.
+template <int kBN, bool kMask = true>
+__device__ __forceinline__ float2 online_softmax(const Params& p, float (&s)[kBN / 8][4], const int* pt, int t0,
+                                                 int t1, float& m0, float& m1, float& l0, float& l1) {
+  const int lane = threadIdx.x % 32;
   const float scale_l2 = p.scale * kLog2e;
-
-  for (int tile = 0; tile < n_tiles; ++tile) {
-    cp_async_wait<S - 2>();  // this tile's group has landed
-    if constexpr (kWgmma) FenceProxyAsync();
-    __syncthreads();         // ... for every thread, and every thread is done with tile - 1's stage
-    const int ahead = tile + S - 1;
-    if (ahead < n_tiles) {
-      issue_tile(ahead % S, pos);
-      fetch_positions(ahead + 1, pos);
-    }
-    cp_async_commit();
-    const int stage = tile % S;
-    const T* kt = k_s + stage * kBN * D;
-    const T* vt = v_s + stage * kBN * D;
-    const int* pt = pos_s + stage * kBN;
-
-    float s[kBN / 8][4];
+  float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-    if constexpr (kWgmma) {
-      // Warpgroup w multiplies query rows 64w..64w+63; a K-major k-step is 32 bytes into a panel.
-      const uint32_t qa = smem_addr(q_s) + (warp / 4) * 64 * 128, ka = smem_addr(kt);
-      WgmmaPin(s);
-      WgmmaFence();
+  for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        WgmmaSS<T, kBN>(s, WgmmaDesc(qa + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024),
-                        WgmmaDesc(ka + (kk / 4) * kBN * 128 + (kk % 4) * 32, 16, 1024), kk > 0);
-      WgmmaCommit();
-      WgmmaWait<0>();
-      WgmmaPin(s);
-    } else {
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, q_s + swz<D>(warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, kk * 2 + lane / 16) * 8);
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; nt += 2) {
-        uint32_t bk[4];
-        ldmatrix_x4(bk, kt + swz<D>(nt * 8 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2) * 8);
-        mma16816<T>(s[nt], a, bk[0], bk[1]);
-        mma16816<T>(s[nt + 1], a, bk[2], bk[3]);
-      }
-    }
-    }
-    // Scale, soft-cap, mask (causal, sliding window, padding) in the log2 domain.
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
+    for (int e = 0; e < 4; ++e) {
+      float x = s[nt][e];
+      if (p.softcap > 0.f) x = p.softcap * tanhf(x * p.scale / p.softcap) * kLog2e;
+      else x *= scale_l2;
+      if constexpr (kMask) {
         const int pos = pt[nt * 8 + (lane % 4) * 2 + (e & 1)];
         const int t = e < 2 ? t0 : t1;
-        float x = s[nt][e];
-        if (p.softcap > 0.f) x = p.softcap * tanhf(x * p.scale / p.softcap) * kLog2e;
-        else x *= scale_l2;
         const bool ok = pos <= t && (p.window == 0 || pos > t - p.window);
         x = ok ? x : -INFINITY;
-        s[nt][e] = x;
-        if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
       }
-    }
-#pragma unroll
-    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-    }
-    const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
-    const float use0 = new0 == -INFINITY ? 0.f : new0, use1 = new1 == -INFINITY ? 0.f : new1;
-    const float alpha0 = exp2f(m0 - use0), alpha1 = exp2f(m1 - use1);
-    m0 = new0;
-    m1 = new1;
-    float sum0 = 0.f, sum1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - use0);
-      s[nt][1] = exp2f(s[nt][1] - use0);
-      s[nt][2] = exp2f(s[nt][2] - use1);
-      s[nt][3] = exp2f(s[nt][3] - use1);
-      sum0 += s[nt][0] + s[nt][1];
-      sum1 += s[nt][2] + s[nt][3];
-    }
-    l0 = l0 * alpha0 + sum0;
-    l1 = l1 * alpha1 + sum1;
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= alpha0;
-      o[i][1] *= alpha0;
-      o[i][2] *= alpha1;
-      o[i][3] *= alpha1;
-    }
-    // O += P V: the S accumulators are the A fragments of the next product.
-    if constexpr (kWgmma) {
-      // V is the MN-major operand: 16 keys = 2048 bytes down a panel, panels kBN * 128 bytes apart.
-      uint32_t a[kBN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-        a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-        a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      }
-      const uint32_t va = smem_addr(vt);
-      WgmmaPin(o);
-      WgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, a[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
-      WgmmaCommit();
-      WgmmaWait<0>();
-      WgmmaPin(o);
-    } else {
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; dt += 2) {
-        uint32_t bv[4];
-        ldmatrix_x4_trans(bv, vt + swz<D>(kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8, dt + lane / 16) * 8);
-        mma16816<T>(o[dt], a, bv[0], bv[1]);
-        mma16816<T>(o[dt + 1], a, bv[2], bv[3]);
-      }
-    }
+      s[nt][e] = x;
+      if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
     }
   }
-  cp_async_wait<0>();
+#pragma unroll
+  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+  }
+  const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+  const float use0 = new0 == -INFINITY ? 0.f : new0, use1 = new1 == -INFINITY ? 0.f : new1;
+  const float2 alpha = make_float2(fast_exp2(m0 - use0), fast_exp2(m1 - use1));
+  m0 = new0;
+  m1 = new1;
+  float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < kBN / 8; ++nt) {
+    s[nt][0] = fast_exp2(s[nt][0] - use0);
+    s[nt][1] = fast_exp2(s[nt][1] - use0);
+    s[nt][2] = fast_exp2(s[nt][2] - use1);
+    s[nt][3] = fast_exp2(s[nt][3] - use1);
+    sum0 += s[nt][0] + s[nt][1];
+    sum1 += s[nt][2] + s[nt][3];
+  }
+  l0 = l0 * alpha.x + sum0;
+  l1 = l1 * alpha.y + sum1;
+  return alpha;
+}
 
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[D / 8][4], float2 alpha) {
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    o[i][0] *= alpha.x;
+    o[i][1] *= alpha.x;
+    o[i][2] *= alpha.y;
+    o[i][3] *= alpha.y;
+  }
+}
+
+// Probabilities as the A fragments (16 keys each) of P V, in the mma.sync / wgmma register layout.
+template <typename T, int kBN>
+__device__ __forceinline__ void pack_p(const float (&s)[kBN / 8][4], uint32_t (&a)[kBN / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+// Normalised rows to the output (sparse blocks), or un-normalised rows with (m, l) to the split
+// partials (dense tail).
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, float (&o)[D / 8][4], RowInfo r0,
+                                           RowInfo r1, float m0, float m1, float l0, float l1) {
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int o_ = 1; o_ <= 2; o_ <<= 1) {
     l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
@@ -361,9 +281,9 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (rows[h].head < 0) continue;
-    const int hq = hk * p.group + rows[h].head;
-    if constexpr (kGather) {
-      T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(b) * p.hq + hq) * p.seq + rows[h].t) * D;
+    const int hq = w.hk * p.group + rows[h].head;
+    if (w.gather) {
+      T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + rows[h].t) * D;
       const float inv = ls[h] > 0.f ? 1.f / ls[h] : 0.f;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
@@ -373,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
       }
     } else {
       const int64_t slot =
-          ((static_cast<int64_t>(b) * p.hq + hq) * p.tail_rows + (rows[h].t - p.tail0)) * p.splits + split;
+          ((static_cast<int64_t>(w.b) * p.hq + hq) * p.tail_rows + (rows[h].t - p.tail0)) * p.splits + w.split;
       float* dst = p.part_o + slot * D;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
@@ -387,6 +307,306 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
       }
     }
   }
+}
+
+// Sparse-block rows through shared memory (`stage`: kBM x D, free by now), so that each output row
+// leaves as 16-byte stores instead of one 4-byte store per thread and column pair.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows_staged(const Params& p, const CtaWork& w, float (&o)[D / 8][4],
+                                                  float l0, float l1, T* stage) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
+  }
+  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  const int r0 = warp * 16 + lane / 4, r1 = r0 + 8;
+  __syncthreads();  // every warp is done with the tiles
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    const int c = (lane % 4) * 2;
+    *reinterpret_cast<uint32_t*>(stage + swz<D>(r0, dt) * 8 + c) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
+    *reinterpret_cast<uint32_t*>(stage + swz<D>(r1, dt) * 8 + c) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < kBM * (D / 8); x += kThreads) {
+    const int r = x / (D / 8), ch = x % (D / 8);
+    const RowInfo ri = row_info(p, w, r);
+    if (ri.head < 0) continue;
+    const int hq = w.hk * p.group + ri.head;
+    T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(stage + swz<D>(r, ch) * 8);
+  }
+}
+
+// Portable kernel: 8 warps x 16 query rows, ldmatrix + mma.sync, K and V of a tile in one stage.
+template <typename T, int D, int BN, int S>
+__device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
+  using TL = Tiles<D, BN, S>;
+  constexpr int kBN = TL::kBN, kChunks = TL::kChunks, kRows = TL::kRows, kRowStep = TL::kRowStep;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* q_s = reinterpret_cast<T*>(smem);
+  T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);  // S stages each
+  T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + S * TL::kKVBytes);
+  int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + 2 * S * TL::kKVBytes);
+
+  const CtaWork w = cta_work(p, gather);
+  const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
+  const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  load_q<T, D, false>(p, w, q_s);
+  // Key positions of a tile are read one tile before its copy is issued, so the dependent index
+  // load never stalls the warps between the barrier and the tensor-core work.
+  const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
+  auto fetch_positions = [&](int tile, int (&pos)[kRows]) {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int j = tile * kBN + my_r0 + i * kRowStep;
+      pos[i] = j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
+    }
+  };
+  auto issue_tile = [&](int stage, const int (&pos)[kRows]) {
+    T* kd = k_s + stage * kBN * D;
+    T* vd = v_s + stage * kBN * D;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = my_r0 + i * kRowStep;
+      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
+      const int64_t row = ok ? pos[i] : 0;
+      cp_async16(kd + swz<D>(r, my_ch) * 8, kg + row * D + my_ch * 8, ok);
+      cp_async16(vd + swz<D>(r, my_ch) * 8, vg + row * D + my_ch * 8, ok);
+      if (my_ch == 0) pos_s[stage * kBN + r] = ok ? pos[i] : kNoKey;
+    }
+  };
+  const int n_tiles = (w.n_keys + kBN - 1) / kBN;
+  int pos[kRows];
+  fetch_positions(0, pos);
+#pragma unroll
+  for (int st = 0; st < S - 1; ++st) {  // prologue: tiles 0 .. S-2 in flight (the Q tile joins group 0)
+    if (st < n_tiles) {
+      issue_tile(st, pos);
+      fetch_positions(st + 1, pos);
+    }
+    cp_async_commit();
+  }
+
+  // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16).
+  const RowInfo r0 = row_info(p, w, warp * 16 + lane / 4), r1 = row_info(p, w, warp * 16 + lane / 4 + 8);
+  const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    cp_async_wait<S - 2>();  // this tile's group has landed
+    __syncthreads();         // ... for every thread, and every thread is done with tile - 1's stage
+    const int ahead = tile + S - 1;
+    if (ahead < n_tiles) {
+      issue_tile(ahead % S, pos);
+      fetch_positions(ahead + 1, pos);
+    }
+    cp_async_commit();
+    const int stage = tile % S;
+    const T* kt = k_s + stage * kBN * D;
+    const T* vt = v_s + stage * kBN * D;
+
+    float s[kBN / 8][4];
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, q_s + swz<D>(warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8, kk * 2 + lane / 16) * 8);
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; nt += 2) {
+        uint32_t bk[4];
+        ldmatrix_x4(bk, kt + swz<D>(nt * 8 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2) * 8);
+        mma16816<T>(s[nt], a, bk[0], bk[1]);
+        mma16816<T>(s[nt + 1], a, bk[2], bk[3]);
+      }
+    }
+    rescale<D>(o, online_softmax<kBN>(p, s, pos_s + stage * kBN, t0, t1, m0, m1, l0, l1));
+    // O += P V: the S accumulators are the A fragments of the next product.
+    uint32_t a[kBN / 16][4];
+    pack_p<T, kBN>(s, a);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, vt + swz<D>(kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8, dt + lane / 16) * 8);
+        mma16816<T>(o[dt], a[kk], bv[0], bv[1]);
+        mma16816<T>(o[dt + 1], a[kk], bv[2], bv[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
+}
+
+// Hopper kernel: two warpgroups x 64 query rows, wgmma with Q and K from shared memory and P from
+// registers. K and V have their own stages so that, as in FlashAttention-3, the softmax of tile t
+// runs while the tensor cores still multiply P(t-1) V(t-1): per iteration QK(t) and PV(t-1) are
+// issued together and only QK(t) is awaited before the softmax. K runs SK-1 tiles ahead, V one.
+template <typename T, int D, int SK>
+__device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
+  using TL = WgmmaTiles<D, SK>;
+  constexpr int kBN = TL::kBN, kChunks = D / 8, kRows = kBN * kChunks / kThreads, kRowStep = kThreads / kChunks;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + (1024 - smem_addr(smem_raw) % 1024) % 1024;  // swizzle atoms: 1024 B
+  T* q_s = reinterpret_cast<T*>(smem);
+  T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);                      // SK stages
+  T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + SK * TL::kTileBytes);  // 2 stages
+  int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + (SK + 2) * TL::kTileBytes);  // with K: SK stages
+  int2* span_s = reinterpret_cast<int2*>(pos_s + SK * kBN);  // per stage and warp: (min, max) position
+
+  const CtaWork w = cta_work(p, gather);
+  const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
+  const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  load_q<T, D, true>(p, w, q_s);
+  const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
+  auto fetch_positions = [&](int tile, int (&pos)[kRows]) {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int j = tile * kBN + my_r0 + i * kRowStep;
+      pos[i] = j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
+    }
+  };
+  auto issue_k = [&](int tile, const int (&pos)[kRows]) {
+    const int stage = tile % SK;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = my_r0 + i * kRowStep;
+      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
+      cp_async16(k_s + stage * kBN * D + tile_off<D, true>(r, my_ch, kBN), kg + (ok ? pos[i] : 0) * int64_t{D} +
+                 my_ch * 8, ok);
+      if (my_ch == 0) pos_s[stage * kBN + r] = ok ? pos[i] : kNoKey;
+    }
+    // The tile's position span (padding counts as kNoKey), so its softmax can skip the mask.
+    int lo = kNoKey, hi = -1;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
+      lo = min(lo, ok ? pos[i] : -1);
+      hi = max(hi, ok ? pos[i] : kNoKey);
+    }
+#pragma unroll
+    for (int o_ = 16; o_ > 0; o_ >>= 1) {
+      lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o_));
+      hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o_));
+    }
+    if (lane == 0) span_s[stage * kWarps + warp] = make_int2(lo, hi);
+  };
+  auto issue_v = [&](int tile) {  // the positions K(tile) left in pos_s
+    const int* pt = pos_s + (tile % SK) * kBN;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = my_r0 + i * kRowStep, pos = pt[r];
+      const bool ok = pos != kNoKey;
+      cp_async16(v_s + (tile % 2) * kBN * D + tile_off<D, true>(r, my_ch, kBN), vg + (ok ? pos : 0) * int64_t{D} +
+                 my_ch * 8, ok);
+    }
+  };
+  const int n_tiles = (w.n_keys + kBN - 1) / kBN;
+  int pos[kRows];
+  fetch_positions(0, pos);
+#pragma unroll
+  for (int t = 0; t < SK - 1; ++t) {  // prologue: Q and K(0 .. SK-2)
+    if (t < n_tiles) {
+      issue_k(t, pos);
+      fetch_positions(t + 1, pos);
+    }
+  }
+  cp_async_commit();
+
+  const RowInfo r0 = row_info(p, w, warp * 16 + lane / 4), r1 = row_info(p, w, warp * 16 + lane / 4 + 8);
+  const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  uint32_t pa[kBN / 16][4];  // P(t-1)
+  const uint32_t qa = smem_addr(q_s) + (warp / 4) * 64 * 128;  // this warpgroup's 64 query rows
+  auto issue_pv = [&](int tile) {  // V is MN-major: 16 keys = 2048 bytes down a panel, panels kBN * 128 apart
+    const uint32_t va = smem_addr(v_s + (tile % 2) * kBN * D);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, pa[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
+  };
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    cp_async_wait<0>();  // K(tile) and V(tile - 1) have landed ...
+    FenceProxyAsync();   // ... are visible to the tensor cores ...
+    __syncthreads();     // ... for every thread; QK(tile - 1) and PV(tile - 2) are done in both warpgroups
+    if (tile + SK - 1 < n_tiles) {
+      issue_k(tile + SK - 1, pos);
+      fetch_positions(tile + SK, pos);
+    }
+    issue_v(tile);
+    cp_async_commit();
+
+    float s[kBN / 8][4];
+    const uint32_t ka = smem_addr(k_s + (tile % SK) * kBN * D);
+    WgmmaPin(s);
+    WgmmaPin(o);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)  // a K-major k-step is 32 bytes into a 64-element panel
+      WgmmaSS<T, kBN>(s, WgmmaDesc(qa + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024),
+                      WgmmaDesc(ka + (kk / 4) * kBN * 128 + (kk % 4) * 32, 16, 1024), kk > 0);
+    WgmmaCommit();
+    if (tile > 0) issue_pv(tile - 1);
+    WgmmaCommit();
+    WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
+    WgmmaPin(s);
+    int lo = kNoKey, hi = -1;
+#pragma unroll
+    for (int x = 0; x < kWarps; ++x) {
+      const int2 span = span_s[(tile % SK) * kWarps + x];
+      lo = min(lo, span.x);
+      hi = max(hi, span.y);
+    }
+    // Unmasked only if every active row of the warp sees the whole tile (inactive rows: never stored).
+    auto sees = [&](int t) { return t < 0 || (hi <= t && (p.window == 0 || lo > t - p.window)); };
+    const bool visible = sees(t0) && sees(t1);
+    const float2 alpha = __all_sync(0xffffffffu, visible)
+                             ? online_softmax<kBN, false>(p, s, nullptr, t0, t1, m0, m1, l0, l1)
+                             : online_softmax<kBN, true>(p, s, pos_s + (tile % SK) * kBN, t0, t1, m0, m1, l0, l1);
+    WgmmaWait<0>();
+    WgmmaPin(o);
+    if (!__all_sync(0xffffffffu, alpha.x == 1.f && alpha.y == 1.f)) rescale<D>(o, alpha);  // the max moved
+    pack_p<T, kBN>(s, pa);
+  }
+  if (n_tiles > 0) {
+    cp_async_wait<0>();
+    FenceProxyAsync();
+    __syncthreads();
+    WgmmaPin(o);
+    WgmmaFence();
+    issue_pv(n_tiles - 1);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaPin(o);
+  }
+  cp_async_wait<0>();
+  if (w.gather && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) store_rows_staged<T, D>(p, w, o, l0, l1, q_s);
+  else store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
+}
+
+// The grid's first tail_ctas CTAs run the dense tail; each path is compiled on its own (inlined
+// with a constant), so neither pays for the other's branches inside the key loop.
+template <typename T, int D, int BN, int S>
+__global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
+  if (static_cast<int>(blockIdx.x) < p.tail_ctas) FlashCta<T, D, BN, S>(p, false);
+  else FlashCta<T, D, BN, S>(p, true);
+}
+
+template <typename T, int D, int SK>
+__global__ void __launch_bounds__(kThreads, 1) WgmmaKernel(Params p) {
+  if (static_cast<int>(blockIdx.x) < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
+  else WgmmaCta<T, D, SK>(p, true);
 }
 
 // Merge the tail's key splits: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
@@ -472,49 +692,62 @@ __global__ void RowKernel(Params p, int dim) {
   }
 }
 
-// Key splits of the dense tail: enough CTAs to fill the GPU at short L, at most 64 (workspace).
+// Key splits of the dense tail: at most 16 (the fp32 partials are the op's workspace), at least
+// 2048 keys each. Its CTAs share the grid with the sparse blocks and start first, so a long split
+// overlaps the sparse work instead of following it.
 int TailSplits(int range, int* split_keys) {
-  int splits = std::max(1, std::min(64, (range + 511) / 512));
-  *split_keys = (range + splits - 1) / splits;
-  *split_keys = (*split_keys + 63) / 64 * 64;
-  splits = std::max(1, (range + *split_keys - 1) / *split_keys);
-  return splits;
+  const int splits = std::max(1, std::min(16, range / 2048));
+  *split_keys = ((range + splits - 1) / splits + 63) / 64 * 64;
+  return std::max(1, (range + *split_keys - 1) / *split_keys);
 }
 
-template <typename T, int D, int BN, int S, bool kWgmma = false>
-Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
+using KernelFn = void (*)(Params);
+
+// One launch for the dense tail's key splits and the sparse blocks, then the merge of the splits.
+template <typename T>
+Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* workspace, size_t ws_bytes, size_t smem,
+                  int max_smem, KernelFn kernel) {
   const char* op = kSparseAttention;
-  const size_t smem = Tiles<D, BN, S, kWgmma>::kSmem;
   if (smem > static_cast<size_t>(max_smem))
-    return Status::Error(std::string(op) + ": head dim " + std::to_string(D) + " needs " + std::to_string(smem) +
+    return Status::Error(std::string(op) + ": head dim " + std::to_string(dim) + " needs " + std::to_string(smem) +
                          " bytes of shared memory per block; this GPU offers " + std::to_string(max_smem));
-  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, true, kWgmma>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-                   op, "cudaFuncSetAttribute");
-  DHSA_CUDA_RETURN(cudaFuncSetAttribute(FlashKernel<T, D, BN, S, false, kWgmma>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+  DHSA_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    op, "cudaFuncSetAttribute");
   const int sparse_blocks = p.tail0 > 0 ? (p.tail0 + p.block - 1) / p.block : 0;
   p.row_tiles = (p.group * p.block + kBM - 1) / kBM;
-  if (sparse_blocks > 0) {
-    FlashKernel<T, D, BN, S, true, kWgmma><<<dim3(sparse_blocks * p.row_tiles, batch * p.hkv), kThreads, smem, stream>>>(p);
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "FlashKernel (sparse blocks)");
-  }
+  p.tail_ctas = 0;
+  Workspace ws(workspace, p.tail_rows > 0 ? ws_bytes : 0, stream, op);
+  DHSA_RETURN_IF_ERROR(ws.status());
   if (p.tail_rows > 0) {
-    Workspace ws(workspace, ws_bytes, stream, op);
-    DHSA_RETURN_IF_ERROR(ws.status());
     p.key_lo = p.window > 0 ? std::max(0, p.tail0 - p.window + 1) : 0;
     p.splits = TailSplits(p.seq - p.key_lo, &p.split_keys);
-    p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * D);
+    p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * dim);
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
-    const int tiles = (p.group * p.tail_rows + kBM - 1) / kBM;
-    FlashKernel<T, D, BN, S, false, kWgmma><<<dim3(tiles * p.splits, batch * p.hkv), kThreads, smem, stream>>>(p);
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "FlashKernel (dense tail)");
-    MergeSplitsKernel<T><<<batch * p.hq * p.tail_rows, std::min(D, 256), 0, stream>>>(
-        p.part_o, p.part_ml, p.splits, D, p.seq, p.tail0, p.tail_rows, p.hq, static_cast<T*>(p.out));
+    p.tail_ctas = (p.group * p.tail_rows + kBM - 1) / kBM * p.splits;
+  }
+  const int ctas = p.tail_ctas + sparse_blocks * p.row_tiles;
+  if (ctas > 0) {
+    kernel<<<dim3(ctas, batch * p.hkv), kThreads, smem, stream>>>(p);
+    DHSA_CUDA_RETURN(cudaGetLastError(), op, "attention kernel");
+  }
+  if (p.tail_rows > 0) {
+    MergeSplitsKernel<T><<<batch * p.hq * p.tail_rows, std::min(dim, 256), 0, stream>>>(
+        p.part_o, p.part_ml, p.splits, dim, p.seq, p.tail0, p.tail_rows, p.hq, static_cast<T*>(p.out));
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "MergeSplitsKernel");
   }
   return Status::Ok();
+}
+
+template <typename T, int D, int BN, int S>
+Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
+  return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, Tiles<D, BN, S>::kSmem, max_smem,
+                       FlashKernel<T, D, BN, S>);
+}
+
+template <typename T, int D, int SK>
+Status RunWgmma(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
+  return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, WgmmaTiles<D, SK>::kSmem, max_smem,
+                       WgmmaKernel<T, D, SK>);
 }
 
 // wgmma needs sm_90a code in this build and a compute capability 9.0 device.
@@ -538,9 +771,8 @@ Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, 
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kSparseAttention, "cudaDeviceGetAttribute");
   const auto fits = [&](size_t bytes) { return bytes <= static_cast<size_t>(max_smem); };
   if (HopperPath()) {
-    constexpr int kS = D == 256 ? 2 : 4;  // 64-key tiles: Q + 2 stages of K/V at D = 256 fill 227 KB
-    if (fits(Tiles<D, 64, kS, true>::kSmem))
-      return RunTiles<T, D, 64, kS, true>(p, batch, stream, workspace, ws_bytes, max_smem);
+    constexpr int kSK = D == 256 ? 3 : 4;  // at D = 256, Q + 3 K + 2 V tiles fill the 227 KB
+    if (fits(WgmmaTiles<D, kSK>::kSmem)) return RunWgmma<T, D, kSK>(p, batch, stream, workspace, ws_bytes, max_smem);
   }
   if constexpr (D == 256) {
     if (fits(Tiles<256, 32, 4>::kSmem)) return RunTiles<T, 256, 32, 4>(p, batch, stream, workspace, ws_bytes, max_smem);
