@@ -92,7 +92,8 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, W
     __syncthreads();
     if (threadIdx.x < 32) {  // the bin where the running weight from the top reaches k: lane l owns bins 255-8l ..
       const int lane = threadIdx.x;
-      const int64_t need = k_s;  // read by every lane before the shuffles, so before lane l writes it
+      const int64_t need = k_s;
+      __syncwarp();  // every lane has read k_s before one of them writes it
       int64_t c[8], total = 0;
 #pragma unroll
       for (int j = 0; j < 8; ++j) total += (c[j] = static_cast<int64_t>(hist[255 - 8 * lane - j]));
