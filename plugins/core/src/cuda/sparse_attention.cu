@@ -169,6 +169,16 @@ __device__ __forceinline__ RowInfo row_info(const Params& p, const CtaWork& w, i
   return (g < p.group && t < p.seq) ? RowInfo{g, t} : RowInfo{-1, 0};
 }
 
+// A thread's key positions of one tile: rows my_r0 + i * kRowStep (kNoKey past the CTA's keys).
+template <int kBN, int kRowStep, int kRows>
+__device__ __forceinline__ void tile_positions(const CtaWork& w, int tile, int my_r0, int (&pos)[kRows]) {
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int j = tile * kBN + my_r0 + i * kRowStep;
+    pos[i] = j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
+  }
+}
+
 // Copies the CTA's Q rows into shared memory (rows of inactive queries are zero-filled).
 template <typename T, int D, bool kPanels>
 __device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s) {
@@ -240,6 +250,12 @@ __device__ __forceinline__ float2 online_softmax(const Params& p, float (&s)[kBN
   l0 = l0 * alpha.x + sum0;
   l1 = l1 * alpha.y + sum1;
   return alpha;
+}
+
+template <int R>
+__device__ __forceinline__ void zero(float (&x)[R][4]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) x[i][0] = x[i][1] = x[i][2] = x[i][3] = 0.f;
 }
 
 template <int D>
@@ -359,13 +375,7 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   // Key positions of a tile are read one tile before its copy is issued, so the dependent index
   // load never stalls the warps between the barrier and the tensor-core work.
   const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
-  auto fetch_positions = [&](int tile, int (&pos)[kRows]) {
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int j = tile * kBN + my_r0 + i * kRowStep;
-      pos[i] = j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
-    }
-  };
+  auto fetch_positions = [&](int tile, int (&pos)[kRows]) { tile_positions<kBN, kRowStep>(w, tile, my_r0, pos); };
   auto issue_tile = [&](int stage, const int (&pos)[kRows]) {
     T* kd = k_s + stage * kBN * D;
     T* vd = v_s + stage * kBN * D;
@@ -394,10 +404,8 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16).
   const RowInfo r0 = row_info(p, w, warp * 16 + lane / 4), r1 = row_info(p, w, warp * 16 + lane / 4 + 8);
   const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
-  float o[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float o[D / 8][4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  zero(o);
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     cp_async_wait<S - 2>();  // this tile's group has landed
@@ -413,8 +421,7 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
     const T* vt = v_s + stage * kBN * D;
 
     float s[kBN / 8][4];
-#pragma unroll
-    for (int i = 0; i < kBN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    zero(s);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t a[4];
@@ -468,13 +475,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   load_q<T, D, true>(p, w, q_s);
   const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
-  auto fetch_positions = [&](int tile, int (&pos)[kRows]) {
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int j = tile * kBN + my_r0 + i * kRowStep;
-      pos[i] = j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
-    }
-  };
+  auto fetch_positions = [&](int tile, int (&pos)[kRows]) { tile_positions<kBN, kRowStep>(w, tile, my_r0, pos); };
   auto issue_k = [&](int tile, const int (&pos)[kRows]) {
     const int stage = tile % SK;
 #pragma unroll
@@ -524,10 +525,8 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
 
   const RowInfo r0 = row_info(p, w, warp * 16 + lane / 4), r1 = row_info(p, w, warp * 16 + lane / 4 + 8);
   const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
-  float o[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float o[D / 8][4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  zero(o);
   uint32_t pa[kBN / 16][4];  // P(t-1)
   const uint32_t qa = smem_addr(q_s) + (warp / 4) * 64 * 128;  // this warpgroup's 64 query rows
   auto issue_pv = [&](int tile) {  // V is MN-major: 16 keys = 2048 bytes down a panel, panels kBN * 128 apart
