@@ -158,6 +158,22 @@ def test_chunk_boundaries(kernels, dtype, case_id, seed):
             np.testing.assert_array_equal(out.cpu().numpy(), ref.cpu().numpy(), err_msg=method)
 
 
+# Selection CTAs score 1, 2, 4 or 8 consecutive query blocks, chosen from the block count x batch, the
+# SM count and shared memory; on a 132-SM H200 these pick 2 (2 x 200 blocks) and 8 (2 x 1056 blocks, few
+# chunks) — the other tests reach only 1 and 4.
+@pytest.mark.parametrize("seq,block,beta", [(12800, 64, 8), (16896, 16, 1)])
+def test_select_keys_grouped_blocks(kernels, seq, block, beta, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(2, 4, seq, 64, generator=gen, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 2, seq, 64, generator=gen, device="cuda", dtype=torch.bfloat16)
+    bd = reference.chunk_boundaries(k, None, "similarity", block, beta, block, 4, 2, 0.0, 64)
+    idx, cnt = kernels.select_keys(q, k, bd, block, 512, 64, 64, 0, 64)
+    ref_idx, ref_cnt = reference.select_keys(q, k, bd, block, 512, 64, 64, 0, 64)
+    scores = reference.selection_scores(q, k, bd, block, 64)
+    assert_same_selection(idx.cpu().numpy(), cnt.cpu().numpy(), ref_idx.cpu().numpy(), ref_cnt.cpu().numpy(),
+                          scores.cpu().numpy(), bd.cpu().numpy(), tol=1e-4)
+
+
 @pytest.mark.parametrize("seq,hq,hkv,dim", [(32768, 8, 4, 256), (131072, 8, 4, 256), (131072, 32, 8, 128),
                                             (100003, 8, 4, 256)])
 def test_long_sequences_bf16(kernels, seq, hq, hkv, dim, seed):
