@@ -132,7 +132,7 @@ __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restri
 
 // Sort key of each position: its cut score's order-preserving bits, 0 if it is no candidate (not a
 // local maximum above the threshold). A stable descending sort then orders candidates by score,
-// then by position, as the reference does.
+// then by position, as the reference does. Sample 0 also writes the positions 0..L-1 every sort reads.
 __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
                                     int forced, uint32_t* __restrict__ keys, int32_t* __restrict__ positions) {
   const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
@@ -143,7 +143,7 @@ __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, i
   for (int q = max(0, p - radius); ok && q < p; ++q) ok = s[q] < v;
   for (int q = p + 1; ok && q <= min(seq - 1, p + radius); ++q) ok = s[q] <= v;
   keys[static_cast<int64_t>(b) * seq + p] = ok ? orderable(v) : 0u;  // finite floats never map to 0
-  positions[static_cast<int64_t>(b) * seq + p] = p;
+  if (b == 0) positions[p] = p;
 }
 
 // Flags the positions of the first `take` sorted candidates.
@@ -214,7 +214,7 @@ struct Launch {
     const int64_t tail = std::min<int64_t>(a.instruction_tokens, key.l);
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;
     uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
-    int32_t* positions = ws.take<int32_t>(key.b * key.l);
+    int32_t* positions = ws.take<int32_t>(key.l);
     uint32_t* sorted_keys = ws.take<uint32_t>(key.l);
     int32_t* sorted_pos = ws.take<int32_t>(key.l);
     int32_t* flags = ws.take<int32_t>(key.l);
@@ -229,7 +229,7 @@ struct Launch {
     for (int b = 0; b < batch; ++b) {  // prefill batches are small; each sample is a device-wide sort
       DHSA_CUDA_RETURN(cub::DeviceRadixSort::SortPairsDescending(
                            cub_tmp, cub_bytes, keys + static_cast<int64_t>(b) * seq, sorted_keys,
-                           positions + static_cast<int64_t>(b) * seq, sorted_pos, seq, 0, 32, stream),
+                           positions, sorted_pos, seq, 0, 32, stream),
                        op, "cub::DeviceRadixSort");
       DHSA_CUDA_RETURN(cudaMemsetAsync(flags, 0, sizeof(int32_t) * seq, stream), op, "cudaMemsetAsync");
       MarkCutsKernel<<<(seq + 255) / 256, 256, 0, stream>>>(sorted_keys, sorted_pos, seq, take, flags);
@@ -247,8 +247,8 @@ struct Launch {
 
 size_t ChunkBoundariesWorkspace(const ChunkBoundariesAttrs& a, int64_t batch, int64_t seq) {
   if (a.method == BoundaryMethod::kFixed) return 0;
-  return Workspace::Align(batch * seq * sizeof(float)) + 2 * Workspace::Align(batch * seq * sizeof(int32_t)) +
-         4 * Workspace::Align(seq * sizeof(int32_t)) + Workspace::Align(CutSelectionTempBytes(static_cast<int>(seq)));
+  return Workspace::Align(batch * seq * sizeof(float)) + Workspace::Align(batch * seq * sizeof(int32_t)) +
+         5 * Workspace::Align(seq * sizeof(int32_t)) + Workspace::Align(CutSelectionTempBytes(static_cast<int>(seq)));
 }
 
 Status ChunkBoundaries(const ChunkBoundariesAttrs& a, const Act4& key, const float* scores, int32_t* out, void* stream,

@@ -99,16 +99,22 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
   const int i0 = blockIdx.x * kGroup, b = blockIdx.y, groups = min(kGroup, nqb - i0);
   const int budget = static_cast<int>(a.budget), n = n_plus_1 - 1;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
-  // Free range [f0, f1) of each block and the chunks holding f0 and f1 - 1 (upper_bound - 1).
-  auto free_range = [&](int i, int* f0, int* f1) {
-    const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
-    *f0 = static_cast<int>(r.lo) + static_cast<int>(a.global_tokens);
-    *f1 = static_cast<int>(r.hi) - static_cast<int>(a.local_tokens);
-    return static_cast<int>(r.hi - r.lo) > budget;  // else the block keeps its whole range
+  // A block's eligible keys [lo, hi), its free range [f0, f1) between the global and local tokens,
+  // and whether it selects at all (else it keeps its whole range).
+  struct Range {
+    int lo, hi, f0, f1;
+    bool sparse;
   };
-  if (threadIdx.x < groups) {
-    int f0, f1, c0 = n, c1 = -1;  // empty range: dense blocks score nothing
-    if (free_range(i0 + threadIdx.x, &f0, &f1)) {
+  auto range_of = [&](int i) {
+    const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
+    const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
+    return Range{lo, hi, lo + static_cast<int>(a.global_tokens), hi - static_cast<int>(a.local_tokens),
+                 hi - lo > budget};
+  };
+  if (threadIdx.x < groups) {  // the chunks holding f0 and f1 - 1 (upper_bound - 1)
+    int c0 = n, c1 = -1;       // empty range: dense blocks score nothing
+    const Range rg = range_of(i0 + threadIdx.x);
+    if (rg.sparse) {
       auto upper = [&](int x) {
         int lo = 0, hi = n_plus_1;
         while (lo < hi) {
@@ -117,8 +123,8 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
         }
         return clampi(lo - 1, 0, n - 1);
       };
-      c0 = upper(f0);
-      c1 = upper(f1 - 1);
+      c0 = upper(rg.f0);
+      c1 = upper(rg.f1 - 1);
     }
     c0_s[threadIdx.x] = c0;
     c1_s[threadIdx.x] = c1;
@@ -168,19 +174,19 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
         for (int g = 0; g < kGroup; ++g) score[g * mu + c - u0] = acc[g][e];
     }
   }
+  // Key: (score, chunk) with the chunk in just enough low bits, so the select runs fewer passes.
+  const int cbits = n > 1 ? 32 - __clz(n - 1) : 1;
   for (int g = 0; g < groups; ++g) {
     const int i = i0 + g;
     int32_t* out = indices + (static_cast<int64_t>(b) * nqb + i) * budget;
-    const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
-    const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
-    if (hi - lo <= budget) {
+    const Range rg = range_of(i);
+    const int lo = rg.lo, hi = rg.hi, f0 = rg.f0, f1 = rg.f1;
+    if (!rg.sparse) {
       for (int j = threadIdx.x; j < budget; j += kThreads) out[j] = lo + j < hi ? lo + j : -1;
       if (threadIdx.x == 0) counts[static_cast<int64_t>(b) * nqb + i] = max(hi - lo, 0);
       continue;
     }
     for (int j = threadIdx.x; j < budget; j += kThreads) out[j] = -1;  // only invalid boundaries leave any
-    int f0, f1;
-    free_range(i, &f0, &f1);
     const int remaining = budget - static_cast<int>(a.global_tokens + a.local_tokens);
     const int c0 = c0_s[g], m = max(0, c1_s[g] - c0 + 1);
     const float* sc = score + g * mu + (c0 - u0);
@@ -192,8 +198,6 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
     __syncthreads();
     int64_t rest = 0;
     uint64_t kth = ~0ull;
-    // Key: (score, chunk) with the chunk in just enough low bits, so the select runs fewer passes.
-    const int cbits = n > 1 ? 32 - __clz(n - 1) : 1;
     auto key_of = [&](int j) { return (static_cast<uint64_t>(orderable(sc[j])) << cbits) | static_cast<uint32_t>(c0 + j); };
     if (remaining > 0)
       kth = BlockRadixSelect<kThreads>(m, remaining, 32 + cbits, key_of,
@@ -222,6 +226,22 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
     if (threadIdx.x == 0) counts[static_cast<int64_t>(b) * nqb + i] = budget;
     __syncthreads();  // scan_tmp and the weights are reused by the next block
   }
+}
+
+// Chunk and query representations, kVec-element (16-byte) or single-element loads.
+template <typename T, int kVec>
+Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
+                  float* kreps, float* qreps, cudaStream_t stream) {
+  const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
+  const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
+  const size_t smem = static_cast<size_t>(kRepThreads / (dim / kVec)) * dim * sizeof(double);
+  ChunkRepsKernel<T, kVec><<<dim3(static_cast<unsigned>(n_plus_1 - 1), batch), kRepThreads, smem, stream>>>(
+      static_cast<const T*>(k.data), bd, static_cast<int>(k.h), seq, dim, static_cast<int>(n_plus_1), kreps);
+  DHSA_CUDA_RETURN(cudaGetLastError(), kSelectKeys, "ChunkRepsKernel");
+  QueryRepsKernel<T, kVec><<<dim3(nqb, batch), kRepThreads, smem, stream>>>(
+      static_cast<const T*>(q.data), static_cast<int>(q.h), seq, dim, static_cast<int>(a.block_size),
+      static_cast<int>(tail_start(q.l, a.instruction_tokens)), qreps);
+  return CudaStatus(cudaGetLastError(), kSelectKeys, "QueryRepsKernel");
 }
 
 // Shared memory of SelectKernel<G> (blocks of one CTA share chunk ranges at most n wide).
@@ -271,29 +291,11 @@ struct Launch {
     float* kreps = ws.take<float>(q.b * pad4(n) * q.d);
     float* qreps = ws.take<float>(q.b * nqb * q.d);
     constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-    const int tail0 = static_cast<int>(tail_start(q.l, a.instruction_tokens)), heads_k = static_cast<int>(k.h);
     const bool vec = dim % kVec == 0 && reinterpret_cast<uintptr_t>(q.data) % 16 == 0 &&
                      reinterpret_cast<uintptr_t>(k.data) % 16 == 0;
-    const size_t rsmem = static_cast<size_t>(kRepThreads / (vec ? dim / kVec : dim)) * dim * sizeof(double);
-    const auto* kd = static_cast<const T*>(k.data);
-    const auto* qd = static_cast<const T*>(q.data);
-    if (vec) {
-      ChunkRepsKernel<T, kVec><<<dim3(n, batch), kRepThreads, rsmem, stream>>>(kd, bd, heads_k, seq, dim,
-                                                                              static_cast<int>(n_plus_1), kreps);
-    } else {
-      ChunkRepsKernel<T, 1><<<dim3(n, batch), kRepThreads, rsmem, stream>>>(kd, bd, heads_k, seq, dim,
-                                                                           static_cast<int>(n_plus_1), kreps);
-    }
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "ChunkRepsKernel");
-    const int block = static_cast<int>(a.block_size), heads_q = static_cast<int>(q.h);
-    if (vec) {
-      QueryRepsKernel<T, kVec><<<dim3(nqb, batch), kRepThreads, rsmem, stream>>>(qd, heads_q, seq, dim, block, tail0,
-                                                                                qreps);
-    } else {
-      QueryRepsKernel<T, 1><<<dim3(nqb, batch), kRepThreads, rsmem, stream>>>(qd, heads_q, seq, dim, block, tail0,
-                                                                             qreps);
-    }
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "QueryRepsKernel");
+    const Status reps = vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, kreps, qreps, stream)
+                            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, kreps, qreps, stream);
+    DHSA_RETURN_IF_ERROR(reps);
     const int np1 = static_cast<int>(n_plus_1);
     switch (group) {
       case 8: return LaunchSelect<8>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);

@@ -117,12 +117,14 @@ struct Tiles {
   static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int);
 };
 
-// wgmma kernel: 64-key tiles, SK stages of K (with their positions), 2 of V, 1024 bytes of alignment.
+// wgmma kernel: 64-key tiles; SK stages of K with their positions and position spans, 2 of V;
+// the pipeline's mbarriers; 1024 bytes of alignment (the swizzle atom).
 template <int D, int SK>
 struct WgmmaTiles {
-  static constexpr int kBN = 64;
+  static constexpr int kBN = 64, kThreads = 3 * 128;  // a loading warpgroup, two MMA warpgroups
   static constexpr size_t kQBytes = size_t(kBM) * D * 2, kTileBytes = size_t(kBN) * D * 2;
-  static constexpr size_t kSmem = 1024 + kQBytes + (SK + 2) * kTileBytes + SK * (kBN + 2 * kWarps) * sizeof(int);
+  static constexpr size_t kSmem = 1024 + kQBytes + (SK + 2) * kTileBytes + SK * (kBN + 8) * sizeof(int) +
+                                  (1 + 2 * SK + 4) * sizeof(uint64_t);
 };
 
 struct RowInfo {
@@ -181,10 +183,10 @@ __device__ __forceinline__ void tile_positions(const CtaWork& w, int tile, int m
 
 // Copies the CTA's Q rows into shared memory (rows of inactive queries are zero-filled).
 template <typename T, int D, bool kPanels>
-__device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s) {
+__device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s, int tid, int n_threads) {
   constexpr int kChunks = D / 8;
   const T* qg = static_cast<const T*>(p.q);
-  for (int c = threadIdx.x; c < kBM * kChunks; c += kThreads) {
+  for (int c = tid; c < kBM * kChunks; c += n_threads) {
     const int r = c / kChunks, ch = c % kChunks;
     const RowInfo ri = row_info(p, w, r);
     const int hq = w.hk * p.group + max(ri.head, 0);
@@ -281,17 +283,22 @@ __device__ __forceinline__ void pack_p(const float (&s)[kBN / 8][4], uint32_t (&
   }
 }
 
+// A row's softmax denominators, summed over the 4 lanes that share it.
+__device__ __forceinline__ void row_sums(float& l0, float& l1) {
+#pragma unroll
+  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
+  }
+}
+
 // Normalised rows to the output (sparse blocks), or un-normalised rows with (m, l) to the split
 // partials (dense tail).
 template <typename T, int D>
 __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, float (&o)[D / 8][4], RowInfo r0,
                                            RowInfo r1, float m0, float m1, float l0, float l1) {
   const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
-  }
+  row_sums(l0, l1);
   const RowInfo rows[2] = {r0, r1};
   const float ls[2] = {l0, l1}, ms[2] = {m0, m1};
 #pragma unroll
@@ -325,28 +332,28 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
   }
 }
 
-// Sparse-block rows through shared memory (`stage`: kBM x D, free by now), so that each output row
-// leaves as 16-byte stores instead of one 4-byte store per thread and column pair.
+// Named barriers of the wgmma kernel (0 is __syncthreads).
+enum NamedBarrier { kTurn0 = 1, kTurn1 = 2, kMmaSync = 3 };
+
+// Sparse-block rows of the two MMA warpgroups (thread `tid` of 256, warp `warp` of 8) through shared
+// memory (`stage`: kBM x D, free once both are done with Q), so each output row leaves as 16-byte
+// stores instead of one 4-byte store per thread and column pair.
 template <typename T, int D>
 __device__ __forceinline__ void store_rows_staged(const Params& p, const CtaWork& w, float (&o)[D / 8][4],
-                                                  float l0, float l1, T* stage) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
-  }
+                                                  float l0, float l1, T* stage, int warp, int tid) {
+  const int lane = tid % 32;
+  row_sums(l0, l1);
   const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
   const int r0 = warp * 16 + lane / 4, r1 = r0 + 8;
-  __syncthreads();  // every warp is done with the tiles
+  NamedSync(kMmaSync, 256);
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt) {
     const int c = (lane % 4) * 2;
     *reinterpret_cast<uint32_t*>(stage + swz<D>(r0, dt) * 8 + c) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
     *reinterpret_cast<uint32_t*>(stage + swz<D>(r1, dt) * 8 + c) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
   }
-  __syncthreads();
-  for (int x = threadIdx.x; x < kBM * (D / 8); x += kThreads) {
+  NamedSync(kMmaSync, 256);
+  for (int x = tid; x < kBM * (D / 8); x += 256) {
     const int r = x / (D / 8), ch = x % (D / 8);
     const RowInfo ri = row_info(p, w, r);
     if (ri.head < 0) continue;
@@ -371,7 +378,7 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
   const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  load_q<T, D, false>(p, w, q_s);
+  load_q<T, D, false>(p, w, q_s, tid, kThreads);
   // Key positions of a tile are read one tile before its copy is issued, so the dependent index
   // load never stalls the warps between the barrier and the tensor-core work.
   const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
@@ -453,101 +460,129 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
 }
 
-// Hopper kernel: two warpgroups x 64 query rows, wgmma with Q and K from shared memory and P from
-// registers. K and V have their own stages so that, as in FlashAttention-3, the softmax of tile t
-// runs while the tensor cores still multiply P(t-1) V(t-1): per iteration QK(t) and PV(t-1) are
-// issued together and only QK(t) is awaited before the softmax. K runs SK-1 tiles ahead, V one.
+// Hopper kernel, warp-specialised as in FlashAttention-3. Warpgroup 0 gathers Q and the selected
+// K / V tiles with cp.async into 128-byte swizzled panels and announces each through an mbarrier;
+// warpgroups 1 and 2 (64 query rows each) run QK^T with Q and K from shared memory and PV with P from
+// registers. Each issues QK(t) together with PV(t-1) and runs tile t's softmax while PV(t-1) is on
+// the tensor cores; the two take turns issuing (named barriers), so one's softmax overlaps the
+// other's MMAs. Stages are handed back through "empty" mbarriers: no barrier spans the CTA.
 template <typename T, int D, int SK>
 __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   using TL = WgmmaTiles<D, SK>;
-  constexpr int kBN = TL::kBN, kChunks = D / 8, kRows = kBN * kChunks / kThreads, kRowStep = kThreads / kChunks;
+  constexpr int kBN = TL::kBN, kChunks = D / 8, kRowStep = 128 / kChunks;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - smem_addr(smem_raw) % 1024) % 1024;  // swizzle atoms: 1024 B
   T* q_s = reinterpret_cast<T*>(smem);
   T* k_s = reinterpret_cast<T*>(smem + TL::kQBytes);                      // SK stages
   T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + SK * TL::kTileBytes);  // 2 stages
   int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + (SK + 2) * TL::kTileBytes);  // with K: SK stages
-  int2* span_s = reinterpret_cast<int2*>(pos_s + SK * kBN);  // per stage and warp: (min, max) position
+  int2* span_s = reinterpret_cast<int2*>(pos_s + SK * kBN);  // per stage and loading warp: (min, max) position
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(span_s + 4 * SK);
+  uint64_t* k_full = q_full + 1;
+  uint64_t* k_empty = k_full + SK;
+  uint64_t* v_full = k_empty + SK;
+  uint64_t* v_empty = v_full + 2;
 
   const CtaWork w = cta_work(p, gather);
-  const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
-  const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  load_q<T, D, true>(p, w, q_s);
-  const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
-  auto fetch_positions = [&](int tile, int (&pos)[kRows]) { tile_positions<kBN, kRowStep>(w, tile, my_r0, pos); };
-  auto issue_k = [&](int tile, const int (&pos)[kRows]) {
-    const int stage = tile % SK;
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int r = my_r0 + i * kRowStep;
-      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
-      cp_async16(k_s + stage * kBN * D + tile_off<D, true>(r, my_ch, kBN), kg + (ok ? pos[i] : 0) * int64_t{D} +
-                 my_ch * 8, ok);
-      if (my_ch == 0) pos_s[stage * kBN + r] = ok ? pos[i] : kNoKey;
-    }
-    // The tile's position span (padding counts as kNoKey), so its softmax can skip the mask.
-    int lo = kNoKey, hi = -1;
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const bool ok = pos[i] >= 0 && pos[i] < p.seq;
-      lo = min(lo, ok ? pos[i] : -1);
-      hi = max(hi, ok ? pos[i] : kNoKey);
-    }
-#pragma unroll
-    for (int o_ = 16; o_ > 0; o_ >>= 1) {
-      lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o_));
-      hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o_));
-    }
-    if (lane == 0) span_s[stage * kWarps + warp] = make_int2(lo, hi);
-  };
-  auto issue_v = [&](int tile) {  // the positions K(tile) left in pos_s
-    const int* pt = pos_s + (tile % SK) * kBN;
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int r = my_r0 + i * kRowStep, pos = pt[r];
-      const bool ok = pos != kNoKey;
-      cp_async16(v_s + (tile % 2) * kBN * D + tile_off<D, true>(r, my_ch, kBN), vg + (ok ? pos : 0) * int64_t{D} +
-                 my_ch * 8, ok);
-    }
-  };
   const int n_tiles = (w.n_keys + kBN - 1) / kBN;
-  int pos[kRows];
-  fetch_positions(0, pos);
-#pragma unroll
-  for (int t = 0; t < SK - 1; ++t) {  // prologue: Q and K(0 .. SK-2)
-    if (t < n_tiles) {
-      issue_k(t, pos);
-      fetch_positions(t + 1, pos);
-    }
+  // The warpgroup index through a shuffle: the compiler then knows it is warp-uniform and keeps the
+  // MMA warpgroups' wgmma path free of divergence.
+  const int tid = threadIdx.x, lane = tid % 32, wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (tid == 0) {
+    // Full: one arrival per loading thread when its copies land (for K, one more once it has written
+    // the positions); empty: one per MMA warp.
+    MbarInit(q_full, 128);
+    for (int st = 0; st < SK; ++st) MbarInit(k_full + st, 256), MbarInit(k_empty + st, 8);
+    for (int st = 0; st < 2; ++st) MbarInit(v_full + st, 128), MbarInit(v_empty + st, 8);
   }
-  cp_async_commit();
+  __syncthreads();
 
+  if (wg == 0) {  // loading warpgroup: warp lw copies rows 16 lw .. 16 lw + 15 of every tile
+    SetMaxRegistersDec<40>();
+    const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
+    const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
+    load_q<T, D, true>(p, w, q_s, tid, 128);
+    MbarArriveOnCopies(q_full);
+    const int lw = tid / 32;
+    // Lanes 0..15 hold their row's key position (kNoKey: padding), read two tiles ahead of its copy;
+    // the copies take it by shuffle, so no shared-memory round trip or barrier sits in their way.
+    auto position = [&](int tile) {
+      const int j = tile * kBN + lw * 16 + lane;
+      if (lane >= 16 || j >= w.n_keys) return kNoKey;
+      const int pos = gather ? w.idx[j] : w.key0 + j;
+      return pos >= 0 && pos < p.seq ? pos : kNoKey;
+    };
+    auto copy_rows = [&](T* dst, const T* src, int my_pos) {  // a row per kChunks lanes, 16 bytes each
+      constexpr int kPer = 32 / kChunks;
+      const int ch = lane % kChunks;
+#pragma unroll
+      for (int i = 0; i < 16 / kPer; ++i) {
+        const int j = i * kPer + lane / kChunks;
+        const int pos = __shfl_sync(0xffffffffu, my_pos, j);
+        cp_async16(dst + tile_off<D, true>(lw * 16 + j, ch, kBN),
+                   src + (pos != kNoKey ? pos : 0) * int64_t{D} + ch * 8, pos != kNoKey);
+      }
+    };
+    int cur = position(0), next = position(1), prev = kNoKey;
+    for (int t = 0; t <= n_tiles; ++t) {
+      const int after = position(t + 2);
+      if (t < n_tiles) {
+        const int st = t % SK;
+        if (t >= SK) MbarWait(k_empty + st, (t / SK - 1) & 1);
+        copy_rows(k_s + st * kBN * D, kg, cur);
+        MbarArriveOnCopies(k_full + st);
+        // The positions and their span, for the softmax's mask (released by the arrival below).
+        if (lane < 16) pos_s[st * kBN + lw * 16 + lane] = cur;
+        int lo = lane < 16 ? (cur != kNoKey ? cur : -1) : kNoKey, hi = lane < 16 ? cur : -1;
+#pragma unroll
+        for (int o_ = 16; o_ > 0; o_ >>= 1) {
+          lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o_));
+          hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o_));
+        }
+        if (lane == 0) span_s[st * 4 + lw] = make_int2(lo, hi);
+        MbarArrive(k_full + st);
+      }
+      if (t > 0) {  // V one tile behind K: the order in which the MMA warpgroups use them
+        const int u = t - 1;
+        if (u >= 2) MbarWait(v_empty + u % 2, (u / 2 - 1) & 1);
+        copy_rows(v_s + (u % 2) * kBN * D, vg, prev);
+        MbarArriveOnCopies(v_full + u % 2);
+      }
+      prev = cur;
+      cur = next;
+      next = after;
+    }
+    return;
+  }
+
+  SetMaxRegistersInc<232>();
+  const int mtid = tid - 128, warp = mtid / 32, mg = wg - 1;  // MMA thread, warp (16 rows), warpgroup
   const RowInfo r0 = row_info(p, w, warp * 16 + lane / 4), r1 = row_info(p, w, warp * 16 + lane / 4 + 8);
   const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
   float o[D / 8][4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   zero(o);
   uint32_t pa[kBN / 16][4];  // P(t-1)
-  const uint32_t qa = smem_addr(q_s) + (warp / 4) * 64 * 128;  // this warpgroup's 64 query rows
+  const uint32_t qa = smem_addr(q_s) + mg * 64 * 128;  // this warpgroup's 64 query rows
   auto issue_pv = [&](int tile) {  // V is MN-major: 16 keys = 2048 bytes down a panel, panels kBN * 128 apart
     const uint32_t va = smem_addr(v_s + (tile % 2) * kBN * D);
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, pa[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
   };
+  auto release = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) MbarArrive(bar);
+  };
+  MbarWait(q_full, 0);
+  if (mg == 1 && n_tiles > 0) NamedArrive(kTurn0, 256);  // warpgroup 0 issues first
 
   for (int tile = 0; tile < n_tiles; ++tile) {
-    cp_async_wait<0>();  // K(tile) and V(tile - 1) have landed ...
-    FenceProxyAsync();   // ... are visible to the tensor cores ...
-    __syncthreads();     // ... for every thread; QK(tile - 1) and PV(tile - 2) are done in both warpgroups
-    if (tile + SK - 1 < n_tiles) {
-      issue_k(tile + SK - 1, pos);
-      fetch_positions(tile + SK, pos);
-    }
-    issue_v(tile);
-    cp_async_commit();
-
+    const int st = tile % SK;
+    MbarWait(k_full + st, (tile / SK) & 1);
+    if (tile > 0) MbarWait(v_full + (tile - 1) % 2, ((tile - 1) / 2) & 1);
+    FenceProxyAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+    NamedSync(kTurn0 + mg, 256);
     float s[kBN / 8][4];
-    const uint32_t ka = smem_addr(k_s + (tile % SK) * kBN * D);
+    const uint32_t ka = smem_addr(k_s + st * kBN * D);
     WgmmaPin(s);
     WgmmaPin(o);
     WgmmaFence();
@@ -558,12 +593,13 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     WgmmaCommit();
     if (tile > 0) issue_pv(tile - 1);
     WgmmaCommit();
+    if (mg == 0 || tile + 1 < n_tiles) NamedArrive(kTurn1 - mg, 256);  // the other warpgroup's turn
     WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
     WgmmaPin(s);
     int lo = kNoKey, hi = -1;
 #pragma unroll
-    for (int x = 0; x < kWarps; ++x) {
-      const int2 span = span_s[(tile % SK) * kWarps + x];
+    for (int x = 0; x < 4; ++x) {
+      const int2 span = span_s[st * 4 + x];
       lo = min(lo, span.x);
       hi = max(hi, span.y);
     }
@@ -572,16 +608,17 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     const bool visible = sees(t0) && sees(t1);
     const float2 alpha = __all_sync(0xffffffffu, visible)
                              ? online_softmax<kBN, false>(p, s, nullptr, t0, t1, m0, m1, l0, l1)
-                             : online_softmax<kBN, true>(p, s, pos_s + (tile % SK) * kBN, t0, t1, m0, m1, l0, l1);
+                             : online_softmax<kBN, true>(p, s, pos_s + st * kBN, t0, t1, m0, m1, l0, l1);
+    release(k_empty + st);  // K(tile) and its positions are consumed
     WgmmaWait<0>();
     WgmmaPin(o);
+    if (tile > 0) release(v_empty + (tile - 1) % 2);
     if (!__all_sync(0xffffffffu, alpha.x == 1.f && alpha.y == 1.f)) rescale<D>(o, alpha);  // the max moved
     pack_p<T, kBN>(s, pa);
   }
   if (n_tiles > 0) {
-    cp_async_wait<0>();
+    MbarWait(v_full + (n_tiles - 1) % 2, ((n_tiles - 1) / 2) & 1);
     FenceProxyAsync();
-    __syncthreads();
     WgmmaPin(o);
     WgmmaFence();
     issue_pv(n_tiles - 1);
@@ -589,8 +626,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     WgmmaWait<0>();
     WgmmaPin(o);
   }
-  cp_async_wait<0>();
-  if (w.gather && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) store_rows_staged<T, D>(p, w, o, l0, l1, q_s);
+  if (w.gather && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) store_rows_staged<T, D>(p, w, o, l0, l1, q_s, warp, mtid);
   else store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
 }
 
@@ -603,7 +639,7 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
 }
 
 template <typename T, int D, int SK>
-__global__ void __launch_bounds__(kThreads, 1) WgmmaKernel(Params p) {
+__global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Params p) {
   if (static_cast<int>(blockIdx.x) < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
   else WgmmaCta<T, D, SK>(p, true);
 }
@@ -705,7 +741,7 @@ using KernelFn = void (*)(Params);
 // One launch for the dense tail's key splits and the sparse blocks, then the merge of the splits.
 template <typename T>
 Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* workspace, size_t ws_bytes, size_t smem,
-                  int max_smem, KernelFn kernel) {
+                  int max_smem, KernelFn kernel, int threads) {
   const char* op = kSparseAttention;
   if (smem > static_cast<size_t>(max_smem))
     return Status::Error(std::string(op) + ": head dim " + std::to_string(dim) + " needs " + std::to_string(smem) +
@@ -726,7 +762,7 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
   }
   const int ctas = p.tail_ctas + sparse_blocks * p.row_tiles;
   if (ctas > 0) {
-    kernel<<<dim3(ctas, batch * p.hkv), kThreads, smem, stream>>>(p);
+    kernel<<<dim3(ctas, batch * p.hkv), threads, smem, stream>>>(p);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "attention kernel");
   }
   if (p.tail_rows > 0) {
@@ -740,13 +776,13 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
 template <typename T, int D, int BN, int S>
 Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
   return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, Tiles<D, BN, S>::kSmem, max_smem,
-                       FlashKernel<T, D, BN, S>);
+                       FlashKernel<T, D, BN, S>, kThreads);
 }
 
 template <typename T, int D, int SK>
 Status RunWgmma(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
   return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, WgmmaTiles<D, SK>::kSmem, max_smem,
-                       WgmmaKernel<T, D, SK>);
+                       WgmmaKernel<T, D, SK>, WgmmaTiles<D, SK>::kThreads);
 }
 
 // wgmma needs sm_90a code in this build and a compute capability 9.0 device.

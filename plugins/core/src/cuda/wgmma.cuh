@@ -1,5 +1,6 @@
-// Hopper warpgroup MMA (wgmma, sm_90a) for the attention kernel: shared-memory descriptors, the
-// async-proxy fences, and the instruction shapes it issues. Operands live in shared memory in the
+// Hopper primitives of the attention kernel (sm_90a): warpgroup MMA (wgmma) with its shared-memory
+// descriptors, async-proxy fences and instruction shapes; mbarriers, named barriers and register
+// reallocation for the warp-specialised pipeline. Operands live in shared memory in the
 // 128-byte swizzle layout: 64-element panels whose 16-byte chunk c of row r sits at c ^ (r % 8).
 // Inline PTX takes no arrays, so each shape spells out its accumulator registers.
 #pragma once
@@ -44,6 +45,56 @@ __device__ __forceinline__ void WgmmaWait() {
 __device__ __forceinline__ void FenceProxyAsync() {
 #ifdef DHSA_WGMMA
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// mbarrier pipeline (shared memory, CTA scope). Arrive releases the thread's prior writes; a wait
+// that returns acquires them.
+__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))),
+               "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
+               : "memory");
+}
+// One arrival, made by the hardware once this thread's earlier cp.async copies have landed.
+__device__ __forceinline__ void MbarArriveOnCopies(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
+               : "memory");
+}
+// Blocks until the barrier's phase of the given parity has completed.
+__device__ __forceinline__ void MbarWait(uint64_t* bar, int parity) {
+#ifdef DHSA_WGMMA  // try_wait: sm_90
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))),
+      "r"(parity)
+      : "memory");
+#else
+  (void)bar, (void)parity;
+  __trap();
+#endif
+}
+// Named barriers (id 0 is __syncthreads): sync waits for `count` threads, arrive only counts in.
+__device__ __forceinline__ void NamedSync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void NamedArrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// Moves registers between warpgroups: the loading warpgroup gives up what the MMA warpgroups take.
+template <int N>
+__device__ __forceinline__ void SetMaxRegistersInc() {
+#ifdef DHSA_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void SetMaxRegistersDec() {
+#ifdef DHSA_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 // Keeps the compiler from moving accumulator reads / writes across the asynchronous MMAs.
