@@ -1,8 +1,9 @@
 // DhsaSparseAttention on the GPU, flash-style: a CTA holds 128 query rows of one kv-head group
 // (all heads of the group share the gathered keys), streams the block's selected K/V tiles through
 // shared memory with cp.async (swizzled, multi-stage), computes QK^T and PV on the tensor cores and
-// keeps an online softmax in registers. Hopper (sm_90a builds) takes a wgmma kernel that overlaps
-// each tile's softmax with the previous tile's PV product; other GPUs an ldmatrix + mma.sync kernel.
+// keeps an online softmax in registers. Hopper (sm_90a builds) takes a warp-specialised wgmma kernel
+// (a loading warpgroup feeds two MMA warpgroups through mbarriers); other GPUs an ldmatrix + mma.sync
+// kernel.
 // The dense instruction tail runs in the same grid over key splits (flash-decoding style), then a
 // small kernel merges the splits. float32 and unusual head dims take a simple warp-per-row path.
 #include <cuda_bf16.h>
@@ -490,10 +491,11 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   const int tid = threadIdx.x, lane = tid % 32, wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (tid == 0) {
     // Full: one arrival per loading thread when its copies land (for K, one more once it has written
-    // the positions); empty: one per MMA warp.
+    // the positions); empty: one per MMA thread. An arrival releases only its own thread's accesses,
+    // so every thread that touched the stage arrives.
     MbarInit(q_full, 128);
-    for (int st = 0; st < SK; ++st) MbarInit(k_full + st, 256), MbarInit(k_empty + st, 8);
-    for (int st = 0; st < 2; ++st) MbarInit(v_full + st, 128), MbarInit(v_empty + st, 8);
+    for (int st = 0; st < SK; ++st) MbarInit(k_full + st, 256), MbarInit(k_empty + st, 256);
+    for (int st = 0; st < 2; ++st) MbarInit(v_full + st, 128), MbarInit(v_empty + st, 256);
   }
   __syncthreads();
 
@@ -568,10 +570,6 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, pa[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
   };
-  auto release = [&](uint64_t* bar) {
-    __syncwarp();
-    if (lane == 0) MbarArrive(bar);
-  };
   MbarWait(q_full, 0);
   if (mg == 1 && n_tiles > 0) NamedArrive(kTurn0, 256);  // warpgroup 0 issues first
 
@@ -609,10 +607,10 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     const float2 alpha = __all_sync(0xffffffffu, visible)
                              ? online_softmax<kBN, false>(p, s, nullptr, t0, t1, m0, m1, l0, l1)
                              : online_softmax<kBN, true>(p, s, pos_s + st * kBN, t0, t1, m0, m1, l0, l1);
-    release(k_empty + st);  // K(tile) and its positions are consumed
+    MbarArrive(k_empty + st);  // K(tile) and its positions are consumed
     WgmmaWait<0>();
     WgmmaPin(o);
-    if (tile > 0) release(v_empty + (tile - 1) % 2);
+    if (tile > 0) MbarArrive(v_empty + (tile - 1) % 2);
     if (!__all_sync(0xffffffffu, alpha.x == 1.f && alpha.y == 1.f)) rescale<D>(o, alpha);  // the max moved
     pack_p<T, kBN>(s, pa);
   }
