@@ -470,7 +470,7 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
 template <typename T, int D, int SK>
 __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   using TL = WgmmaTiles<D, SK>;
-  constexpr int kBN = TL::kBN, kChunks = D / 8, kRowStep = 128 / kChunks;
+  constexpr int kBN = TL::kBN, kChunks = D / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - smem_addr(smem_raw) % 1024) % 1024;  // swizzle atoms: 1024 B
   T* q_s = reinterpret_cast<T*>(smem);
