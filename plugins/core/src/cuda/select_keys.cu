@@ -31,7 +31,7 @@ __device__ __forceinline__ void SumRows(int n_rows, int dim, RowAt row_at, Emit 
 #pragma unroll
   for (int k = 0; k < kVec; ++k) acc[k] = 0.0;
   if (part < parts) {
-#pragma unroll 4
+#pragma unroll 8
     for (int x = part; x < n_rows; x += parts) {
       const T* src = row_at(x) + d0;
       T v[kVec];

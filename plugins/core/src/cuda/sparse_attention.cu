@@ -118,11 +118,16 @@ struct Tiles {
   static constexpr size_t kSmem = kQBytes + 2 * S * kKVBytes + S * kBN * sizeof(int);
 };
 
-// wgmma kernel: 64-key tiles; SK stages of K with their positions and position spans, 2 of V;
-// the pipeline's mbarriers; 1024 bytes of alignment (the swizzle atom).
+// wgmma kernel: 64-key tiles at D = 256, 128-key tiles below (the S accumulators fit the registers
+// there, and each QK^T instruction then reads less shared memory per MAC); SK stages of K with their
+// positions and position spans, 2 of V; the pipeline's mbarriers; 1024 bytes of alignment (the
+// swizzle atom).
 template <int D, int SK>
 struct WgmmaTiles {
-  static constexpr int kBN = 64, kThreads = 3 * 128;  // a loading warpgroup, two MMA warpgroups
+  static constexpr int kBN = D >= 256 ? 64 : 128, kThreads = 3 * 128;  // a loading warpgroup, two MMA warpgroups
+  // Registers per thread after setmaxnreg (128 x load + 256 x MMA <= 64512): the fewest that keep
+  // the loader free of spills, the rest to the MMA warpgroups.
+  static constexpr int kLoadRegs = D >= 256 ? 40 : 56, kMmaRegs = D >= 256 ? 232 : 224;
   static constexpr size_t kQBytes = size_t(kBM) * D * 2, kTileBytes = size_t(kBN) * D * 2;
   static constexpr size_t kSmem = 1024 + kQBytes + (SK + 2) * kTileBytes + SK * (kBN + 8) * sizeof(int) +
                                   (1 + 2 * SK + 4) * sizeof(uint64_t);
@@ -333,8 +338,8 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
   }
 }
 
-// Named barriers of the wgmma kernel (0 is __syncthreads).
-enum NamedBarrier { kTurn0 = 1, kTurn1 = 2, kMmaSync = 3 };
+// Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
+constexpr int kMmaSync = 1;
 
 // Sparse-block rows of the two MMA warpgroups (thread `tid` of 256, warp `warp` of 8) through shared
 // memory (`stage`: kBM x D, free once both are done with Q), so each output row leaves as 16-byte
@@ -465,8 +470,9 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
 // K / V tiles with cp.async into 128-byte swizzled panels and announces each through an mbarrier;
 // warpgroups 1 and 2 (64 query rows each) run QK^T with Q and K from shared memory and PV with P from
 // registers. Each issues QK(t) together with PV(t-1) and runs tile t's softmax while PV(t-1) is on
-// the tensor cores; the two take turns issuing (named barriers), so one's softmax overlaps the
-// other's MMAs. Stages are handed back through "empty" mbarriers: no barrier spans the CTA.
+// the tensor cores; the two run unsynchronised (making them take turns, FlashAttention-3's
+// ping-pong, measured no faster here). Stages are handed back through "empty" mbarriers: no barrier
+// spans the CTA.
 template <typename T, int D, int SK>
 __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   using TL = WgmmaTiles<D, SK>;
@@ -499,18 +505,19 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   }
   __syncthreads();
 
-  if (wg == 0) {  // loading warpgroup: warp lw copies rows 16 lw .. 16 lw + 15 of every tile
-    SetMaxRegistersDec<40>();
+  if (wg == 0) {  // loading warpgroup: warp lw copies rows kWarpRows * lw .. + kWarpRows - 1 of every tile
+    SetMaxRegistersDec<TL::kLoadRegs>();
     const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
     const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
     load_q<T, D, true>(p, w, q_s, tid, 128);
     MbarArriveOnCopies(q_full);
+    constexpr int kWarpRows = kBN / 4;
     const int lw = tid / 32;
-    // Lanes 0..15 hold their row's key position (kNoKey: padding), read two tiles ahead of its copy;
-    // the copies take it by shuffle, so no shared-memory round trip or barrier sits in their way.
+    // Lane j < kWarpRows holds row j's key position (kNoKey: padding), read two tiles ahead of its
+    // copy; the copies take it by shuffle, so no shared-memory round trip or barrier is in their way.
     auto position = [&](int tile) {
-      const int j = tile * kBN + lw * 16 + lane;
-      if (lane >= 16 || j >= w.n_keys) return kNoKey;
+      const int j = tile * kBN + lw * kWarpRows + lane;
+      if (lane >= kWarpRows || j >= w.n_keys) return kNoKey;
       const int pos = gather ? w.idx[j] : w.key0 + j;
       return pos >= 0 && pos < p.seq ? pos : kNoKey;
     };
@@ -518,10 +525,10 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
       constexpr int kPer = 32 / kChunks;
       const int ch = lane % kChunks;
 #pragma unroll
-      for (int i = 0; i < 16 / kPer; ++i) {
+      for (int i = 0; i < kWarpRows / kPer; ++i) {
         const int j = i * kPer + lane / kChunks;
         const int pos = __shfl_sync(0xffffffffu, my_pos, j);
-        cp_async16(dst + tile_off<D, true>(lw * 16 + j, ch, kBN),
+        cp_async16(dst + tile_off<D, true>(lw * kWarpRows + j, ch, kBN),
                    src + (pos != kNoKey ? pos : 0) * int64_t{D} + ch * 8, pos != kNoKey);
       }
     };
@@ -534,8 +541,8 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
         copy_rows(k_s + st * kBN * D, kg, cur);
         MbarArriveOnCopies(k_full + st);
         // The positions and their span, for the softmax's mask (released by the arrival below).
-        if (lane < 16) pos_s[st * kBN + lw * 16 + lane] = cur;
-        int lo = lane < 16 ? (cur != kNoKey ? cur : -1) : kNoKey, hi = lane < 16 ? cur : -1;
+        if (lane < kWarpRows) pos_s[st * kBN + lw * kWarpRows + lane] = cur;
+        int lo = lane < kWarpRows ? (cur != kNoKey ? cur : -1) : kNoKey, hi = lane < kWarpRows ? cur : -1;
 #pragma unroll
         for (int o_ = 16; o_ > 0; o_ >>= 1) {
           lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o_));
@@ -557,7 +564,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     return;
   }
 
-  SetMaxRegistersInc<232>();
+  SetMaxRegistersInc<TL::kMmaRegs>();
   const int mtid = tid - 128, warp = mtid / 32, mg = wg - 1;  // MMA thread, warp (16 rows), warpgroup
   const RowInfo r0 = row_info(p, w, warp * 16 + lane / 4), r1 = row_info(p, w, warp * 16 + lane / 4 + 8);
   const int t0 = r0.head >= 0 ? r0.t : -1, t1 = r1.head >= 0 ? r1.t : -1;
@@ -571,14 +578,12 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, pa[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
   };
   MbarWait(q_full, 0);
-  if (mg == 1 && n_tiles > 0) NamedArrive(kTurn0, 256);  // warpgroup 0 issues first
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int st = tile % SK;
     MbarWait(k_full + st, (tile / SK) & 1);
     if (tile > 0) MbarWait(v_full + (tile - 1) % 2, ((tile - 1) / 2) & 1);
     FenceProxyAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
-    NamedSync(kTurn0 + mg, 256);
     float s[kBN / 8][4];
     const uint32_t ka = smem_addr(k_s + st * kBN * D);
     WgmmaPin(s);
@@ -591,7 +596,6 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     WgmmaCommit();
     if (tile > 0) issue_pv(tile - 1);
     WgmmaCommit();
-    if (mg == 0 || tile + 1 < n_tiles) NamedArrive(kTurn1 - mg, 256);  // the other warpgroup's turn
     WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
     WgmmaPin(s);
     int lo = kNoKey, hi = -1;
@@ -804,7 +808,7 @@ Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, 
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kSparseAttention, "cudaDeviceGetAttribute");
   const auto fits = [&](size_t bytes) { return bytes <= static_cast<size_t>(max_smem); };
   if (HopperPath()) {
-    constexpr int kSK = D == 256 ? 3 : 4;  // at D = 256, Q + 3 K + 2 V tiles fill the 227 KB
+    constexpr int kSK = D == 64 ? 4 : 3;  // at D = 128 and 256, Q + 3 K + 2 V tiles fill the 227 KB
     if (fits(WgmmaTiles<D, kSK>::kSmem)) return RunWgmma<T, D, kSK>(p, batch, stream, workspace, ws_bytes, max_smem);
   }
   if constexpr (D == 256) {

@@ -1,5 +1,5 @@
 // Hopper primitives of the attention kernel (sm_90a): warpgroup MMA (wgmma) with its shared-memory
-// descriptors, async-proxy fences and instruction shapes; mbarriers, named barriers and register
+// descriptors, async-proxy fences and instruction shapes; mbarriers, a named barrier and register
 // reallocation for the warp-specialised pipeline. Operands live in shared memory in the
 // 128-byte swizzle layout: 64-element panels whose 16-byte chunk c of row r sits at c ^ (r % 8).
 // Inline PTX takes no arrays, so each shape spells out its accumulator registers.
@@ -77,12 +77,9 @@ __device__ __forceinline__ void MbarWait(uint64_t* bar, int parity) {
   __trap();
 #endif
 }
-// Named barriers (id 0 is __syncthreads): sync waits for `count` threads, arrive only counts in.
+// Named barrier `id` (0 is __syncthreads) over `count` threads.
 __device__ __forceinline__ void NamedSync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void NamedArrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 // Moves registers between warpgroups: the loading warpgroup gives up what the MMA warpgroups take.
 template <int N>
@@ -113,6 +110,13 @@ __device__ __forceinline__ void WgmmaPin(float (&d)[R][4]) {
                : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
                : "l"(a), "l"(b), "r"(scale_d))
 
+#define DHSA_WGMMA_SS128(TY) \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n" \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY \
+               " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n" \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]) \
+               : "l"(a), "l"(b), "r"(scale_d))
+
 #define DHSA_WGMMA_RS64(TY) \
   asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
                " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 1;\n" \
@@ -134,10 +138,15 @@ __device__ __forceinline__ void WgmmaPin(float (&d)[R][4]) {
 // D(64 x N) (+)= A(64 x 16) B(16 x N), A and B K-major in shared memory; scale_d = 0 overwrites D.
 template <typename T, int N>
 __device__ __forceinline__ void WgmmaSS(float (&d)[N / 8][4], uint64_t a, uint64_t b, int scale_d) {
-  static_assert(N == 64, "shape");
+  static_assert(N == 64 || N == 128, "shape");
 #ifdef DHSA_WGMMA
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) DHSA_WGMMA_SS64("bf16");
-  else DHSA_WGMMA_SS64("f16");
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    if constexpr (N == 64) DHSA_WGMMA_SS64("bf16");
+    else DHSA_WGMMA_SS128("bf16");
+  } else {
+    if constexpr (N == 64) DHSA_WGMMA_SS64("f16");
+    else DHSA_WGMMA_SS128("f16");
+  }
 #else
   (void)d, (void)a, (void)b, (void)scale_d;
   __trap();
