@@ -33,6 +33,11 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Shared-memory address of a pointer into shared memory, as PTX instructions take it.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 inline std::atomic<int> g_shared_memory_cap{0};  // SetSharedMemoryLimit
 inline std::atomic<bool> g_hopper_kernels{true};  // UseHopperKernels
 

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common.cuh"
+
 namespace dhsa {
 namespace cuda {
 
@@ -50,18 +52,14 @@ __device__ __forceinline__ void FenceProxyAsync() {
 // mbarrier pipeline (shared memory, CTA scope). Arrive releases the thread's prior writes; a wait
 // that returns acquires them.
 __device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))),
-               "r"(count) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
 __device__ __forceinline__ void MbarArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
-               : "memory");
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // One arrival, made by the hardware once this thread's earlier cp.async copies have landed.
 __device__ __forceinline__ void MbarArriveOnCopies(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
-                   static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
-               : "memory");
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // Blocks until the barrier's phase of the given parity has completed.
 __device__ __forceinline__ void MbarWait(uint64_t* bar, int parity) {
@@ -69,8 +67,7 @@ __device__ __forceinline__ void MbarWait(uint64_t* bar, int parity) {
   asm volatile(
       "{\n.reg .pred done;\nWAIT:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n}\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))),
-      "r"(parity)
+      "@!done bra WAIT;\n}\n" ::"r"(smem_addr(bar)), "r"(parity)
       : "memory");
 #else
   (void)bar, (void)parity;
