@@ -163,11 +163,20 @@ class CudaKernels:
 
     def sparse_attention(self, query, key, value, indices, counts, block_size, scale, softcap, sliding_window,
                          instruction_tokens, out=None):
+        """out: a buffer for the result, which may be `query` itself (the kernels read each query row
+        before writing that row's output, as ORT's in-place reuse of Q's buffer relies on)."""
         import torch
 
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
         indices, counts = indices.contiguous(), counts.contiguous()
-        out = torch.empty_like(query) if out is None else out
+        if out is None:
+            out = torch.empty_like(query)
+        elif out.shape != query.shape or out.dtype != query.dtype or out.device != query.device \
+                or not out.is_contiguous():
+            raise DHSAError(f"out must be a contiguous {query.dtype} tensor of the query's shape {tuple(query.shape)} "
+                            f"on {query.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+        elif out.data_ptr() != query.data_ptr() and _overlap(out, query):
+            raise DHSAError("out overlaps the query without being the query itself; pass the query or a separate buffer")
         err = ctypes.create_string_buffer(512)
         ws = self._workspace(2, query.shape, [sliding_window, instruction_tokens], 0, query.device)
         rc = self.lib.dhsa_cuda_sparse_attention(
@@ -177,6 +186,11 @@ class CudaKernels:
             out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
         self._check(rc, err)
         return out
+
+
+def _overlap(a, b) -> bool:
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,7 +4,8 @@ dense causal attention through torch SDPA's fastest backend, measured in the sam
 
 Medians of CUDA-event timings after warm-up, both sides replayed as CUDA graphs (how TensorRT or an
 ORT session with graph capture launches them; the Python harness's per-op launch cost is reported
-separately as dhsa_eager_ms); TFLOP/s on the selected work; peak memory above the inputs. Writes a
+separately as dhsa_eager_ms); TFLOP/s on the selected work; peak memory above the inputs, with the
+output in its own buffer and in Q's (as ORT runs it: the op lets the session reuse Q's buffer). Writes a
 JSON (one row per case) and prints a Markdown table.
 
     python scripts/bench_attention.py --out benchmarks/attention-h200.json
@@ -89,13 +90,15 @@ def dense_fn(q, k, v):
     return out
 
 
-def dhsa_fn(kernels, q, k, v, budget):
+def dhsa_fn(kernels, q, k, v, budget, in_place=False):
+    """in_place: the output overwrites Q, as in an ORT session, which hands the attention Q's buffer."""
     dim = q.shape[-1]
 
     def run():
         bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
         idx, cnt = kernels.select_keys(q, k, bd, BLOCK, budget, LOCAL, GLOBAL, 0, INSTR)
-        return kernels.sparse_attention(q, k, v, idx, cnt, BLOCK, dim ** -0.5, 0.0, 0, INSTR)
+        return kernels.sparse_attention(q, k, v, idx, cnt, BLOCK, dim ** -0.5, 0.0, 0, INSTR,
+                                        out=q if in_place else None)
 
     return run
 
@@ -143,6 +146,9 @@ def main() -> None:
                 eager_ms = statistics.median(timed(run, args.warmup, args.runs))
                 ms = statistics.median(timed(as_graph(run), args.warmup, args.runs))
                 mem = peak_mib(run)
+                q_work = q.clone()  # the in-place run's Q, allocated before the measurement like q
+                mem_in_place = peak_mib(dhsa_fn(kernels, q_work, k, v, budget, in_place=True))
+                del q_work
                 bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
                 idx, cnt = kernels.select_keys(q, k, bd, BLOCK, budget, LOCAL, GLOBAL, 0, INSTR)
                 stages = {
@@ -160,7 +166,8 @@ def main() -> None:
                        "speedup": round(dense_ms / ms, 2), "dhsa_eager_ms": round(eager_ms, 4),
                        **{k_: round(v_, 4) for k_, v_ in stage.items()},
                        "attention_tflops_selected": round(flops / stage["attention_ms"] / 1e9, 1),
-                       "dense_peak_mib": round(dense_mem, 1), "dhsa_peak_mib": round(mem, 1)}
+                       "dense_peak_mib": round(dense_mem, 1), "dhsa_peak_mib": round(mem, 1),
+                       "dhsa_in_place_peak_mib": round(mem_in_place, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del q, k, v
@@ -175,12 +182,13 @@ def main() -> None:
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{dev.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, attention kernel "
           f"{meta['attention_kernel']}; medians of {args.runs} runs\n")
-    print("| shape | L | budget | dense ms (backend) | DHSA ms | speedup | attn TFLOP/s | peak MiB dense / DHSA |")
+    print("| shape | L | budget | dense ms (backend) | DHSA ms | speedup | attn TFLOP/s | peak MiB dense / DHSA / "
+          "DHSA in place |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['seq'] // 1024}K | {r['budget']} | {r['dense_ms']:.2f} ({r['dense_backend']}) | "
               f"{r['dhsa_ms']:.2f} | {r['speedup']:.1f}x | {r['attention_tflops_selected']} | "
-              f"{r['dense_peak_mib']:.0f} / {r['dhsa_peak_mib']:.0f} |")
+              f"{r['dense_peak_mib']:.0f} / {r['dhsa_peak_mib']:.0f} / {r['dhsa_in_place_peak_mib']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A representative subset of the CUDA kernels on small inputs, for compute-sanitizer (memcheck,
 racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail (one and several
-key splits), L < budget, selection over groups of query blocks; on Hopper both attention kernels."""
+key splits), L < budget, selection over groups of query blocks, output in place of the query, cut
+selection in one CTA and device-wide; on Hopper both attention kernels."""
 
 import sys
 from pathlib import Path
@@ -34,7 +35,11 @@ for (b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap), wgmma in ((c,
         bd = k_.chunk_boundaries(k, None, method, block, 4, block, 4, 2, 0.0, instr)
         idx, cnt = k_.select_keys(q, k, bd, block, budget, local, glob, window, instr)
         out = k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr)
+    k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr, out=q)  # in place
     scores = torch.randn(b, seq, device="cuda")
     k_.chunk_boundaries(k, scores, "scores", block, 4, block, 4, 2, 0.0, instr)
+# Cut selection past one CTA's range (device-wide sort and scan).
+k_.chunk_boundaries(torch.randn(2, 1, 40000, 64, device="cuda", dtype=torch.bfloat16), None, "similarity", 64, 4, 64,
+                    4, 2, 0.0, 16)
 torch.cuda.synchronize()
 print("cuda_smoke: ok")

@@ -82,3 +82,30 @@ def select_keys(q, k, bd, attrs, nqb, provider="CPUExecutionProvider"):
 def sparse_attention(q, k, v, idx, cnt, attrs, provider="CPUExecutionProvider"):
     return run(SPARSE_ATTENTION, {"query": q, "key": k, "value": v, "indices": idx, "counts": cnt},
                {"output": (q.dtype, q.shape)}, attrs, provider)[0]
+
+
+IN_PLACE_LOG = "DhsaSparseAttention: output written in place of Q"
+_LOGGED_RUN = r"""
+import sys
+import numpy as np, onnxruntime as ort
+lib, model, feeds, out = sys.argv[1:]
+ort.set_default_logger_severity(0)
+opts = ort.SessionOptions()
+opts.register_custom_ops_library(lib)
+opts.log_severity_level = 0
+results = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"]).run(None, dict(np.load(feeds)))
+np.savez(out, *results)
+"""
+
+
+def run_logged(model_path, feeds: dict[str, np.ndarray], tmp_path) -> tuple[list[np.ndarray], str]:
+    """Runs a model on the CPU EP in a child process at ORT's verbose log level: (outputs, the log)."""
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    proc = subprocess.run([sys.executable, "-c", _LOGGED_RUN, library(), str(model_path), str(tmp_path / "feeds.npz"),
+                           str(tmp_path / "outputs.npz")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(tmp_path / "outputs.npz") as out:
+        return [out[f"arr_{i}"] for i in range(len(out.files))], proc.stderr

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dhsa_export.errors import DHSAError
 from dhsa_export.ops import reference
 
 from .cases import Case, random_boundaries, random_case
@@ -57,6 +58,12 @@ def test_sparse_attention(kernels, dtype, case_id, seed):
     _check_sparse_attention(kernels, dtype, seed)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(30))
+def test_sparse_attention_in_place(kernels, dtype, case_id, seed):
+    _check_sparse_attention(kernels, dtype, seed, in_place=True)
+
+
 # The portable (mma.sync) kernel other GPUs run, here at the H200's own shared memory (a build without
 # sm_90a) and at the limits of smaller GPUs (sm_80/87: 163 KB, sm_86/89/120: 99 KB), where it takes
 # fewer pipeline stages / smaller tiles. On other GPUs these are the default path anyway.
@@ -77,6 +84,28 @@ def portable(kernels):
 def test_sparse_attention_portable_kernel(portable, limit, dtype, case_id, seed):
     portable.set_shared_memory_limit(PORTABLE[limit])
     _check_sparse_attention(portable, dtype, seed, dims=(64, 128, 256))
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("case_id", range(10))
+def test_sparse_attention_portable_kernel_in_place(portable, dtype, case_id, seed):
+    _check_sparse_attention(portable, dtype, seed, dims=(64, 128, 256), in_place=True)
+
+
+def test_sparse_attention_rejects_a_bad_out_buffer(kernels):
+    q = torch.zeros(1, 2, 70, 64, device="cuda", dtype=torch.bfloat16)
+    idx = torch.zeros(1, 2, 64, device="cuda", dtype=torch.int32)
+    cnt = torch.ones(1, 2, device="cuda", dtype=torch.int32)
+    for out in (torch.zeros(1, 2, 70, 64, device="cuda"),  # float32
+                torch.zeros(1, 2, 69, 64, device="cuda", dtype=torch.bfloat16),
+                torch.zeros(1, 2, 64, 70, device="cuda", dtype=torch.bfloat16).transpose(2, 3)):
+        with pytest.raises(DHSAError, match=r"out must be a contiguous torch.bfloat16 tensor of the query's shape"):
+            kernels.sparse_attention(q, q[:, :1], q[:, :1], idx, cnt, 64, 0.125, 0.0, 0, 0, out=out)
+    big = torch.zeros(2 * q.numel(), device="cuda", dtype=torch.bfloat16)
+    q2 = big[: q.numel()].view(q.shape)
+    with pytest.raises(DHSAError, match="overlaps the query"):
+        kernels.sparse_attention(q2, q2[:, :1], q2[:, :1], idx, cnt, 64, 0.125, 0.0, 0, 0,
+                                 out=big[64: 64 + q.numel()].view(q.shape))
 
 
 def test_hopper_gpus_take_the_wgmma_kernel(kernels):
@@ -105,16 +134,18 @@ def test_sparse_attention_too_little_shared_memory(kernels):
         kernels.set_shared_memory_limit(0)
 
 
-def _check_sparse_attention(kernels, dtype, seed, dims=(64, 128, 256, 96)):
+def _check_sparse_attention(kernels, dtype, seed, dims=(64, 128, 256, 96), in_place=False):
+    """in_place: the output overwrites the query (how ORT reuses Q's buffer); a row left unwritten keeps
+    its query values, which the comparison with the reference catches as the NaN poison would."""
     c, rng, gen = _case(seed, dims=dims)
     q, k, v = _qkv(c, gen, DTYPES[dtype])
     bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta), "cuda")
     idx, cnt = reference.select_keys(q.float(), k.float(), bd, *_sel_attrs(c))
-    out = torch.full_like(q, float("nan"))
-    kernels.sparse_attention(q, k, v, idx, cnt, c.block_size, c.scale, c.softcap, c.sliding_window,
-                             c.instruction_tokens, out=out)
     ref = reference.sparse_attention(q.float(), k.float(), v.float(), idx, cnt, c.block_size, c.scale, c.softcap,
                                      c.sliding_window, c.instruction_tokens)
+    out = q.clone() if in_place else torch.full_like(q, float("nan"))
+    kernels.sparse_attention(out if in_place else q, k, v, idx, cnt, c.block_size, c.scale, c.softcap,
+                             c.sliding_window, c.instruction_tokens, out=out)
     assert not out.isnan().any(), "unwritten (poisoned) output"
     err = (out.float() - ref).abs().max().item()
     assert err <= TOL[dtype], (err, c)
@@ -158,6 +189,26 @@ def test_chunk_boundaries(kernels, dtype, case_id, seed):
             np.testing.assert_array_equal(out.cpu().numpy(), ref.cpu().numpy(), err_msg=method)
 
 
+# Cut selection takes one CTA per sample up to 16K positions and a device-wide sort beyond: both
+# sides of the switch, batch 2, with more candidates than cuts (threshold 0) and fewer (high thresholds:
+# similarity scores of random keys sit near 1, uniform scores above 0.995 are 0.5 % of positions).
+@pytest.mark.parametrize("seq", [9001, 16384, 16385, 40000])
+@pytest.mark.parametrize("few", [False, True])
+def test_chunk_boundaries_long(kernels, seq, few, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    k = torch.randn(2, 2, seq, 64, generator=gen, device="cuda", dtype=torch.bfloat16)
+    scores = torch.rand(2, seq, generator=gen, device="cuda")
+    for method, given, threshold in (("similarity", None, 1.1 if few else 0.0),
+                                     ("scores", scores, 0.995 if few else 0.0)):
+        out = kernels.chunk_boundaries(k, given, method, 64, 8, 64, 4, 2, threshold, 64)
+        ref = reference.chunk_boundaries(k, given, method, 64, 8, 64, 4, 2, threshold, 64)
+        if method == "similarity":
+            assert_same_boundaries(out.cpu().numpy(), ref.cpu().numpy(),
+                                   reference.similarity_scores(k, 4).cpu().numpy(), tol=1e-4)
+        else:
+            np.testing.assert_array_equal(out.cpu().numpy(), ref.cpu().numpy())
+
+
 # Selection CTAs score 1, 2, 4 or 8 consecutive query blocks, chosen from the block count x batch, the
 # SM count and shared memory; on a 132-SM H200 these pick 2 (2 x 200 blocks) and 8 (2 x 1056 blocks, few
 # chunks) — the other tests reach only 1 and 4.
@@ -199,6 +250,8 @@ def test_long_sequences_bf16(kernels, seq, hq, hkv, dim, seed):
     err = (out.float() - ref.float()).abs()
     worst = divmod(int(err.flatten().argmax()) // dim, seq)  # (head, position)
     assert err.max().item() <= 2 * TOL["bf16"], (err.max().item(), "head/position", worst)
+    kernels.sparse_attention(q, k, v, ref_idx, ref_cnt, block, dim ** -0.5, 0.0, 0, instr, out=q)  # in place
+    assert torch.equal(q, out), "in place differs from out of place"
 
 
 def test_softcap_and_sliding_window_long(kernels, seed):

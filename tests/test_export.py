@@ -64,6 +64,17 @@ def test_matches_pytorch_in_ort(exported, name, flavour, seed):
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
+def test_plugin_attention_output_takes_the_query_buffer(exported, name, tmp_path):
+    """Q feeds only the selection and then the attention, so ORT reuses its buffer for every layer's output."""
+    from . import ort_ops
+
+    path = exported(name, "plugin")
+    layers = sum(n.op_type == "DhsaSparseAttention" for n in onnx.load(str(path)).graph.node)
+    _, log = ort_ops.run_logged(path, {"input_ids": token_ids(1, 150, 0).numpy()}, tmp_path)
+    assert layers > 0 and log.count(ort_ops.IN_PLACE_LOG) == layers
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
 def test_portable_builds_with_tensorrt_rtx(exported, name, tmp_path):
     """An early proof that what we write is TensorRT-parseable: TensorRT-RTX's parser and builder
     (CPU-only mode) turn the portable export into an engine."""

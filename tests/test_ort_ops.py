@@ -204,3 +204,34 @@ def test_boundaries_reject_bad_method_and_missing_scores():
     _expect_error(model(attrs | dict(method="scores")), {"key": key}, "method 'scores' needs the optional input")
     _expect_error(model(attrs | dict(method="fixed", chunk_size=1, chunk_beta=2)), {"key": key},
                   "chunk_size * chunk_beta must be >= block_size")
+
+
+
+# In an exported layer Q is an intermediate (projection, RoPE) read by the selection and then the
+# attention: ORT should give the attention's output Q's buffer (MayInplace), and the result must not change.
+@pytest.mark.parametrize("case_id", range(3))
+def test_sparse_attention_output_takes_the_query_buffer(case_id, seed, tmp_path):
+    c, gen, rng = _case(seed)
+    q, k, v = tensors(c, gen)
+    n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
+    bd = random_boundaries(rng, c.batch, c.seq, n)
+    f, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
+    nodes = [helper.make_node("Mul", ["q_in", "q_scale"], ["q"]),
+             helper.make_node("DhsaSelectKeys", ["q", "k", "bd"], ["idx", "cnt"], domain="dhsa", **_attrs_select(c)),
+             helper.make_node("DhsaSparseAttention", ["q", "k", "v", "idx", "cnt"], ["o"], domain="dhsa",
+                              **_attrs_attention(c)),
+             helper.make_node("Mul", ["o", "q_scale"], ["out"])]  # a graph output would get its own buffer
+    act = lambda name, heads: helper.make_tensor_value_info(name, f, ["B", heads, "L", "D"])  # noqa: E731
+    g = helper.make_graph(nodes, "layer", [act("q_in", "Hq"), helper.make_tensor_value_info("q_scale", f, [1]),
+                                           act("k", "Hkv"), act("v", "Hkv"),
+                                           helper.make_tensor_value_info("bd", i32, ["B", "N"])],
+                          [helper.make_tensor_value_info("out", f, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("dhsa", 1)],
+                              ir_version=9)
+    onnx.save(model, tmp_path / "layer.onnx")
+    feeds = dict(q_in=q.numpy(), q_scale=np.ones(1, np.float32), k=k.numpy(), v=v.numpy(), bd=bd.numpy())
+    (got,), log = ort_ops.run_logged(tmp_path / "layer.onnx", feeds, tmp_path)
+    assert log.count(ort_ops.IN_PLACE_LOG) == 1
+    idx, cnt = reference.select_keys(q, k, bd, **_attrs_select(c))
+    ref = reference.sparse_attention(q, k, v, idx, cnt, **_attrs_attention(c))
+    np.testing.assert_allclose(got.astype(np.float64), ref.double().numpy(), rtol=0, atol=1e-5)

@@ -5,6 +5,7 @@
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -168,6 +169,8 @@ struct SparseAttentionKernel {
       std::vector<int64_t> shape;
       if (auto s = dhsa::CheckSparseAttention(attrs, qd, kd, vd, id, cd, &shape); !s.ok()) return Err(s);
       auto out = ctx.GetOutput(0, shape);
+      if (out.GetTensorRawData() == q.GetTensorRawData())
+        ORT_CXX_LOG(ctx.GetLogger(), ORT_LOGGING_LEVEL_VERBOSE, "DhsaSparseAttention: output written in place of Q");
 #ifdef DHSA_WITH_CUDA
       if (cuda) {
         auto s = dhsa::cuda::SparseAttention(attrs, AsAct4(q, qd), AsAct4(k, kd), AsAct4(v, vd),
@@ -234,7 +237,35 @@ struct SelectKeysOp : Ort::CustomOpBase<SelectKeysOp, SelectKeysKernel, true>,
 
 struct SparseAttentionOp : Ort::CustomOpBase<SparseAttentionOp, SparseAttentionKernel, true>,
                            OpBase<SparseAttentionKernel, dhsa::SparseAttentionAttrs> {
-  SparseAttentionOp(ONNXTensorElementDataType type, bool on_cuda) : OpBase{type, on_cuda} {}
+  // The output may take Q's buffer (ORT reuses it when Q has no later consumer, saving an L x Hq x D
+  // activation): every kernel reads a query row before it writes that row's output, and no other row.
+  // ORT's planner reuses a buffer only between tensors of provably equal shape, hence the inference.
+  SparseAttentionOp(ONNXTensorElementDataType type, bool on_cuda) : OpBase{type, on_cuda} {
+    OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* ctx) -> OrtStatusPtr {
+      OrtTensorTypeAndShapeInfo* query = nullptr;  // owned by ctx
+      if (OrtStatusPtr s = g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &query)) return s;
+      size_t rank = 0;
+      if (OrtStatusPtr s = g_api->GetDimensionsCount(query, &rank)) return s;
+      return rank == 0 ? nullptr : g_api->ShapeInferContext_SetOutputTypeShape(ctx, 0, query);  // 0: rank unknown
+    };
+    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+      *input_index = static_cast<int*>(std::malloc(sizeof(int)));
+      *output_index = static_cast<int*>(std::malloc(sizeof(int)));
+      if (*input_index == nullptr || *output_index == nullptr) {
+        std::free(*input_index);
+        std::free(*output_index);
+        *input_index = *output_index = nullptr;
+        return 0;
+      }
+      **input_index = 0;
+      **output_index = 0;
+      return 1;
+    };
+    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+      std::free(input_index);
+      std::free(output_index);
+    };
+  }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return Create(info, kernel);
   }

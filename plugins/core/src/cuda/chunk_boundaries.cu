@@ -1,5 +1,7 @@
-// DhsaChunkBoundaries on the GPU: per-position cut scores (tiled over 64 positions), candidate
-// keys, then per sample a device-wide CUB radix sort picks the top cuts and a scan writes them in order.
+// DhsaChunkBoundaries on the GPU: per-position cut scores (tiled over 64 positions), then the top
+// cuts among the candidates: up to 16K positions one CTA per sample radix-selects them and writes
+// them in order; longer samples take a device-wide CUB radix sort and scan each.
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
@@ -130,20 +132,75 @@ __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restri
   if (lane == 0) scores[static_cast<int64_t>(b) * seq + p] = isnan(out) ? -INFINITY : out;
 }
 
-// Sort key of each position: its cut score's order-preserving bits, 0 if it is no candidate (not a
-// local maximum above the threshold). A stable descending sort then orders candidates by score,
-// then by position, as the reference does. Sample 0 also writes the positions 0..L-1 every sort reads.
-__global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
-                                    int forced, uint32_t* __restrict__ keys, int32_t* __restrict__ positions) {
-  const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= seq) return;
-  const float* s = scores + static_cast<int64_t>(b) * seq;
+// Sort key of position p of one sample: its cut score's order-preserving bits, 0 if it is no
+// candidate (not a local maximum above the threshold). Candidates rank by score, then by position.
+__device__ __forceinline__ uint32_t candidate_key(const float* __restrict__ s, int p, int seq, int radius,
+                                                  float threshold, int forced) {
   const float v = s[p];
   bool ok = isfinite(v) && v > threshold && (forced < 0 || p < forced - radius);
   for (int q = max(0, p - radius); ok && q < p; ++q) ok = s[q] < v;
   for (int q = p + 1; ok && q <= min(seq - 1, p + radius); ++q) ok = s[q] <= v;
-  keys[static_cast<int64_t>(b) * seq + p] = ok ? orderable(v) : 0u;  // finite floats never map to 0
+  return ok ? orderable(v) : 0u;  // finite floats never map to 0
+}
+
+// For the device-wide sort: every position's key (a stable descending sort keeps equal scores in
+// position order); sample 0 also writes the positions 0..L-1 every sort reads.
+__global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
+                                    int forced, uint32_t* __restrict__ keys, int32_t* __restrict__ positions) {
+  const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= seq) return;
+  keys[static_cast<int64_t>(b) * seq + p] =
+      candidate_key(scores + static_cast<int64_t>(b) * seq, p, seq, radius, threshold, forced);
   if (b == 0) positions[p] = p;
+}
+
+// One sample's boundary row from the positions that are cuts (is_cut(p)), in one CTA: 0, the cuts + 1
+// in position order, the forced instruction cut, then L as padding. Each thread owns a contiguous
+// run of positions, so a block scan of the per-thread counts gives every cut its slot.
+template <int kThreads, typename IsCut>
+__device__ __forceinline__ void WriteCutsRow(int seq, int forced, int width, IsCut is_cut, int32_t* __restrict__ row) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  const int per = (seq + kThreads - 1) / kThreads;
+  const int p0 = min(seq, static_cast<int>(threadIdx.x) * per), p1 = min(seq, p0 + per);
+  int mine = 0;
+  for (int p = p0; p < p1; ++p) mine += is_cut(p);
+  int offset, k;
+  Scan(scan_tmp).ExclusiveSum(mine, offset, k);
+  for (int p = p0; p < p1; ++p)
+    if (is_cut(p)) row[1 + offset++] = p + 1;
+  for (int i = threadIdx.x; i < width; i += kThreads)
+    if (i == 0 || i > k) row[i] = i == 0 ? 0 : (forced >= 0 && i == k + 1 ? forced + 1 : seq);
+}
+
+constexpr int kCutThreads = 1024, kSingleCtaMaxSeq = 16384;  // measured: slower than CUB at 32K
+
+// Short samples, one CTA each: candidate keys, then a radix select of the `take` best by (score desc,
+// position asc) — the position, inverted, in the key's low bits makes keys unique — then the row.
+// Replaces the device-wide sort's and scan's nine launches with one.
+__global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __restrict__ scores, int seq, int radius,
+                                                                 float threshold, int forced, int take, int width,
+                                                                 uint32_t* __restrict__ keys,
+                                                                 int32_t* __restrict__ out) {
+  const int b = blockIdx.x;
+  const float* s = scores + static_cast<int64_t>(b) * seq;
+  uint32_t* key = keys + static_cast<int64_t>(b) * seq;
+  for (int p = threadIdx.x; p < seq; p += kCutThreads) key[p] = candidate_key(s, p, seq, radius, threshold, forced);
+  __syncthreads();  // the keys are visible to the whole CTA
+  const int pbits = seq > 1 ? 32 - __clz(seq - 1) : 1;
+  const uint32_t pmask = (1u << pbits) - 1u;
+  auto full_key = [&](int p) { return (static_cast<uint64_t>(key[p]) << pbits) | (pmask - static_cast<uint32_t>(p)); };
+  int64_t rest = 0;
+  uint64_t kth = ~0ull;
+  if (take > 0)
+    kth = BlockRadixSelect<kCutThreads>(seq, take, 32 + pbits, full_key,
+                                        [&](int p) { return static_cast<int64_t>(key[p] != 0u); }, &rest);
+  // Fewer candidates than `take`: the select runs past them all (kth 0), and every candidate is a cut.
+  auto is_cut = [&](int p) {
+    const uint64_t k = full_key(p);
+    return key[p] != 0u && (k > kth || (k == kth && rest > 0)) ? 1 : 0;
+  };
+  WriteCutsRow<kCutThreads>(seq, forced, width, is_cut, out + static_cast<int64_t>(b) * width);
 }
 
 // Flags the positions of the first `take` sorted candidates.
@@ -213,7 +270,13 @@ struct Launch {
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "CutScoresKernel");
     const int64_t tail = std::min<int64_t>(a.instruction_tokens, key.l);
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;
+    const int take = static_cast<int>(std::max<int64_t>(0, n - 1 - (forced >= 0 ? 1 : 0)));
     uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
+    if (seq <= kSingleCtaMaxSeq) {
+      SelectCutsKernel<<<batch, kCutThreads, 0, stream>>>(cut, seq, static_cast<int>(a.nms_radius), a.threshold,
+                                                          forced, take, width, keys, out);
+      return CudaStatus(cudaGetLastError(), op, "SelectCutsKernel");
+    }
     int32_t* positions = ws.take<int32_t>(key.l);
     uint32_t* sorted_keys = ws.take<uint32_t>(key.l);
     int32_t* sorted_pos = ws.take<int32_t>(key.l);
@@ -224,7 +287,6 @@ struct Launch {
     CandidateKeysKernel<<<dim3((seq + 255) / 256, batch), 256, 0, stream>>>(
         cut, seq, static_cast<int>(a.nms_radius), a.threshold, forced, keys, positions);
     DHSA_CUDA_RETURN(cudaGetLastError(), op, "CandidateKeysKernel");
-    const int take = static_cast<int>(std::max<int64_t>(0, n - 1 - (forced >= 0 ? 1 : 0)));
     const int grid = (std::max(seq, width) + 255) / 256;
     for (int b = 0; b < batch; ++b) {  // prefill batches are small; each sample is a device-wide sort
       DHSA_CUDA_RETURN(cub::DeviceRadixSort::SortPairsDescending(

@@ -70,24 +70,35 @@ __global__ void __launch_bounds__(kRepThreads) ChunkRepsKernel(const T* __restri
       });
 }
 
-// q_i = mean over the block's sparse queries and all query heads.
+// Query representations are summed by `parts` CTAs per block, each over a contiguous share of the
+// block's (position, head) rows, so short sequences still occupy every SM (a lone CTA per block is
+// latency-bound); SelectKernel adds the parts. Deterministic: fixed shares, fixed order.
+__host__ __device__ constexpr int QueryRepParts(int64_t blocks) {
+  return blocks >= 256 ? 1 : static_cast<int>(blocks >= 128 ? 2 : (blocks >= 64 ? 4 : 8));
+}
+
+// Part p of sum over the block's sparse queries and all query heads, in float64: (B, nQB, parts, D).
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kRepThreads) QueryRepsKernel(const T* __restrict__ query, int heads, int seq,
-                                                               int dim, int block, int tail0, float* __restrict__ reps) {
-  const int i = blockIdx.x, b = blockIdx.y, nqb = gridDim.x;
-  const int s = i * block, n = max(min(s + block, tail0) - s, 0);
+                                                               int dim, int block, int tail0, int parts,
+                                                               double* __restrict__ sums) {
+  const int i = blockIdx.x / parts, part = blockIdx.x % parts, b = blockIdx.y, nqb = gridDim.x / parts;
+  const int s = i * block, n = max(min(s + block, tail0) - s, 0), rows = n * heads;
+  const int x0 = static_cast<int>(static_cast<int64_t>(rows) * part / parts);
+  const int x1 = static_cast<int>(static_cast<int64_t>(rows) * (part + 1) / parts);
   SumRows<T, kVec>(
-      n * heads, dim,
-      [&](int x) { return query + ((static_cast<int64_t>(b) * heads + x % heads) * seq + s + x / heads) * dim; },
-      [&](int d, double sum) {
-        reps[(static_cast<int64_t>(b) * nqb + i) * dim + d] = n > 0 ? static_cast<float>(sum / heads / n) : 0.f;
-      });
+      x1 - x0, dim,
+      [&](int x) {
+        x += x0;
+        return query + ((static_cast<int64_t>(b) * heads + x % heads) * seq + s + x / heads) * dim;
+      },
+      [&](int d, double sum) { sums[((static_cast<int64_t>(b) * nqb + i) * parts + part) * dim + d] = sum; });
 }
 
 // Query blocks i0 .. i0 + G - 1 (G = kGroup): score the union of their free chunk ranges once, then
 // select per block. Shared memory: G scores and one weight per chunk of the union, G query reps.
 template <int kGroup>
-__global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict__ qreps,
+__global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restrict__ qsums, int q_parts, int heads,
                                                          const float* __restrict__ kreps_t,
                                                          const int32_t* __restrict__ bd, int n_plus_1, int seq, int dim,
                                                          int nqb, SelectKeysAttrs a, int32_t* __restrict__ indices,
@@ -136,9 +147,14 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
   float* q_s = reinterpret_cast<float*>(smem);  // (dim, kGroup)
   float* score = q_s + dim * kGroup;             // (kGroup, mu)
   int* weight = reinterpret_cast<int*>(score + kGroup * mu);
-  for (int x = threadIdx.x; x < dim * kGroup; x += kThreads) {
-    const int d = x / kGroup, g = x % kGroup;
-    q_s[x] = g < groups ? qreps[(static_cast<int64_t>(b) * nqb + i0 + g) * dim + d] : 0.f;
+  const int tail0 = static_cast<int>(tail_start(seq, a.instruction_tokens));
+  for (int x = threadIdx.x; x < dim * kGroup; x += kThreads) {  // q_i = mean over the block's queries, heads
+    const int d = x / kGroup, g = x % kGroup, i = i0 + g;
+    const int n = g < groups ? max(min((i + 1) * static_cast<int>(a.block_size), tail0) - i * static_cast<int>(a.block_size), 0) : 0;
+    double sum = 0.0;
+    for (int part = 0; part < q_parts && n > 0; ++part)
+      sum += qsums[((static_cast<int64_t>(b) * nqb + i) * q_parts + part) * dim + d];
+    q_s[x] = n > 0 ? static_cast<float>(sum / heads / n) : 0.f;
   }
   __syncthreads();
   // Four chunks per thread from the aligned chunk at or below u0: 16-byte loads, 8 in flight, since
@@ -231,16 +247,16 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const float* __restrict
 // Chunk and query representations, kVec-element (16-byte) or single-element loads.
 template <typename T, int kVec>
 Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
-                  float* kreps, float* qreps, cudaStream_t stream) {
+                  float* kreps, double* qsums, int q_parts, cudaStream_t stream) {
   const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
   const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
   const size_t smem = static_cast<size_t>(kRepThreads / (dim / kVec)) * dim * sizeof(double);
   ChunkRepsKernel<T, kVec><<<dim3(static_cast<unsigned>(n_plus_1 - 1), batch), kRepThreads, smem, stream>>>(
       static_cast<const T*>(k.data), bd, static_cast<int>(k.h), seq, dim, static_cast<int>(n_plus_1), kreps);
   DHSA_CUDA_RETURN(cudaGetLastError(), kSelectKeys, "ChunkRepsKernel");
-  QueryRepsKernel<T, kVec><<<dim3(nqb, batch), kRepThreads, smem, stream>>>(
+  QueryRepsKernel<T, kVec><<<dim3(nqb * q_parts, batch), kRepThreads, smem, stream>>>(
       static_cast<const T*>(q.data), static_cast<int>(q.h), seq, dim, static_cast<int>(a.block_size),
-      static_cast<int>(tail_start(q.l, a.instruction_tokens)), qreps);
+      static_cast<int>(tail_start(q.l, a.instruction_tokens)), q_parts, qsums);
   return CudaStatus(cudaGetLastError(), kSelectKeys, "QueryRepsKernel");
 }
 
@@ -251,14 +267,14 @@ size_t SelectSmem(int group, int n, int dim) {
 }
 
 template <int kGroup>
-Status LaunchSelect(const float* qreps, const float* kreps_t, const int32_t* bd, int n_plus_1, int seq, int dim,
-                    int nqb, int batch, const SelectKeysAttrs& a, int32_t* indices, int32_t* counts,
+Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kreps_t, const int32_t* bd, int n_plus_1,
+                    int seq, int dim, int nqb, int batch, const SelectKeysAttrs& a, int32_t* indices, int32_t* counts,
                     cudaStream_t stream) {
   const size_t smem = SelectSmem(kGroup, n_plus_1 - 1, dim);
   DHSA_CUDA_RETURN(cudaFuncSetAttribute(SelectKernel<kGroup>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)), kSelectKeys, "cudaFuncSetAttribute");
   SelectKernel<kGroup><<<dim3((nqb + kGroup - 1) / kGroup, batch), kThreads, smem, stream>>>(
-      qreps, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts);
+      qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts);
   return CudaStatus(cudaGetLastError(), kSelectKeys, "SelectKernel");
 }
 
@@ -288,20 +304,24 @@ struct Launch {
       }
     Workspace ws(workspace, SelectKeysWorkspace(a, q.b, q.l, q.d, n_plus_1), stream, op);
     DHSA_RETURN_IF_ERROR(ws.status());
+    const int q_parts = QueryRepParts(q.b * nqb);
     float* kreps = ws.take<float>(q.b * pad4(n) * q.d);
-    float* qreps = ws.take<float>(q.b * nqb * q.d);
+    double* qsums = ws.take<double>(q.b * nqb * q_parts * q.d);
     constexpr int kVec = 16 / static_cast<int>(sizeof(T));
     const bool vec = dim % kVec == 0 && reinterpret_cast<uintptr_t>(q.data) % 16 == 0 &&
                      reinterpret_cast<uintptr_t>(k.data) % 16 == 0;
-    const Status reps = vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, kreps, qreps, stream)
-                            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, kreps, qreps, stream);
+    const Status reps = vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, stream)
+                            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, stream);
     DHSA_RETURN_IF_ERROR(reps);
-    const int np1 = static_cast<int>(n_plus_1);
+    const int np1 = static_cast<int>(n_plus_1), heads = static_cast<int>(q.h);
+    const auto select = [&](auto launch) {
+      return launch(qsums, q_parts, heads, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
+    };
     switch (group) {
-      case 8: return LaunchSelect<8>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
-      case 4: return LaunchSelect<4>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
-      case 2: return LaunchSelect<2>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
-      default: return LaunchSelect<1>(qreps, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, stream);
+      case 8: return select(LaunchSelect<8>);
+      case 4: return select(LaunchSelect<4>);
+      case 2: return select(LaunchSelect<2>);
+      default: return select(LaunchSelect<1>);
     }
   }
 };
@@ -311,7 +331,7 @@ struct Launch {
 size_t SelectKeysWorkspace(const SelectKeysAttrs& a, int64_t batch, int64_t seq, int64_t dim, int64_t n_plus_1) {
   const int64_t nqb = num_query_blocks(seq, a.block_size);
   return Workspace::Align(batch * pad4(static_cast<int>(n_plus_1 - 1)) * dim * sizeof(float)) +
-         Workspace::Align(batch * nqb * dim * sizeof(float));
+         Workspace::Align(batch * nqb * QueryRepParts(batch * nqb) * dim * sizeof(double));
 }
 
 Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,

@@ -173,14 +173,17 @@ __device__ __forceinline__ RowInfo row_info(const Params& p, const CtaWork& w, i
   return (g < p.group && t < p.seq) ? RowInfo{g, t} : RowInfo{-1, 0};
 }
 
-// A thread's key positions of one tile: rows my_r0 + i * kRowStep (kNoKey past the CTA's keys).
+// Key position of the CTA's j-th key (kNoKey past its keys): the block's j-th selected index, or
+// the split's j-th key.
+__device__ __forceinline__ int key_at(const CtaWork& w, int j) {
+  return j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
+}
+
+// A thread's key positions of one tile: rows my_r0 + i * kRowStep.
 template <int kBN, int kRowStep, int kRows>
 __device__ __forceinline__ void tile_positions(const CtaWork& w, int tile, int my_r0, int (&pos)[kRows]) {
 #pragma unroll
-  for (int i = 0; i < kRows; ++i) {
-    const int j = tile * kBN + my_r0 + i * kRowStep;
-    pos[i] = j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
-  }
+  for (int i = 0; i < kRows; ++i) pos[i] = key_at(w, tile * kBN + my_r0 + i * kRowStep);
 }
 
 // Copies the CTA's Q rows into shared memory (rows of inactive queries are zero-filled).
@@ -512,9 +515,8 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     // Lane j < kWarpRows holds row j's key position (kNoKey: padding), read two tiles ahead of its
     // copy; the copies take it by shuffle, so no shared-memory round trip or barrier is in their way.
     auto position = [&](int tile) {
-      const int j = tile * kBN + lw * kWarpRows + lane;
-      if (lane >= kWarpRows || j >= w.n_keys) return kNoKey;
-      const int pos = gather ? w.idx[j] : w.key0 + j;
+      if (lane >= kWarpRows) return kNoKey;
+      const int pos = key_at(w, tile * kBN + lw * kWarpRows + lane);
       return pos >= 0 && pos < p.seq ? pos : kNoKey;
     };
     auto copy_rows = [&](T* dst, const T* src, int my_pos) {  // a row per kChunks lanes, 16 bytes each
