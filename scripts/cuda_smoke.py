@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A representative subset of the CUDA kernels on small inputs, for compute-sanitizer (memcheck,
 racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail (one and several
-key splits), L < budget, selection over groups of query blocks, output in place of the query, cut
-selection in one CTA and device-wide; on Hopper both attention kernels."""
+key splits), L < budget, selection over groups of query blocks (512 and 1024 threads), output in place
+of the query, cut selection in one CTA and device-wide; on Hopper both attention kernels."""
 
 import sys
 from pathlib import Path
@@ -38,6 +38,10 @@ for (b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap), wgmma in ((c,
     k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr, out=q)  # in place
     scores = torch.randn(b, seq, device="cuda")
     k_.chunk_boundaries(k, scores, "scores", block, 4, block, 4, 2, 0.0, instr)
+# Selection whose shared memory allows one CTA per SM (then 1024 threads): 8192 chunks, 4 blocks per CTA.
+qs, ks = torch.randn(1, 2, 16384, 64, device="cuda", dtype=torch.bfloat16), torch.randn(1, 1, 16384, 64, device="cuda",
+                                                                                      dtype=torch.bfloat16)
+k_.select_keys(qs, ks, k_.chunk_boundaries(ks, None, "fixed", 16, 8, 2, 4, 2, 0.0, 16), 16, 256, 16, 16, 0, 16)
 # Cut selection past one CTA's range (device-wide sort and scan).
 k_.chunk_boundaries(torch.randn(2, 1, 40000, 64, device="cuda", dtype=torch.bfloat16), None, "similarity", 64, 4, 64,
                     4, 2, 0.0, 16)
