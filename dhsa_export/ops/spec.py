@@ -125,7 +125,8 @@ SPARSE_ATTENTION = OpSpec(
         _SLIDING,
         _INSTR,
     ),
-    doc="Attention of each query over its block's selected keys (dense for the instruction tail).",
+    doc="Attention of each query over its block's selected keys (dense for the instruction tail). The output "
+        "may take the query's buffer: each query row is read before its output row is written.",
 )
 
 ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION)
