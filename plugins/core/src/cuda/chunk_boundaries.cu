@@ -154,53 +154,61 @@ __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, i
   if (b == 0) positions[p] = p;
 }
 
-// One sample's boundary row from the positions that are cuts (is_cut(p)), in one CTA: 0, the cuts + 1
-// in position order, the forced instruction cut, then L as padding. Each thread owns a contiguous
-// run of positions, so a block scan of the per-thread counts gives every cut its slot.
-template <int kThreads, typename IsCut>
-__device__ __forceinline__ void WriteCutsRow(int seq, int forced, int width, IsCut is_cut, int32_t* __restrict__ row) {
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage scan_tmp;
-  const int per = (seq + kThreads - 1) / kThreads;
-  const int p0 = min(seq, static_cast<int>(threadIdx.x) * per), p1 = min(seq, p0 + per);
-  int mine = 0;
-  for (int p = p0; p < p1; ++p) mine += is_cut(p);
-  int offset, k;
-  Scan(scan_tmp).ExclusiveSum(mine, offset, k);
-  for (int p = p0; p < p1; ++p)
-    if (is_cut(p)) row[1 + offset++] = p + 1;
-  for (int i = threadIdx.x; i < width; i += kThreads)
-    if (i == 0 || i > k) row[i] = i == 0 ? 0 : (forced >= 0 && i == k + 1 ? forced + 1 : seq);
-}
-
 constexpr int kCutThreads = 1024, kSingleCtaMaxSeq = 16384;  // measured: slower than CUB at 32K
+constexpr int kCutsPerThread = kSingleCtaMaxSeq / kCutThreads;
 
-// Short samples, one CTA each: candidate keys, then a radix select of the `take` best by (score desc,
-// position asc) — the position, inverted, in the key's low bits makes keys unique — then the row.
-// Replaces the device-wide sort's and scan's nine launches with one.
+// Short samples, one CTA each. Thread t owns positions per * t .. per * t + per - 1 (per = L / 1024
+// rounded up, at most 16), so block scans over the threads keep position order: the candidates (keys held in registers) are compacted, a radix select
+// over them finds the `take` best by (score desc, position asc) — the position, inverted, in the
+// key's low bits makes keys unique — and a second scan gives each cut its slot in the row: 0, the cuts
+// + 1 in position order, the forced instruction cut, then L as padding. Replaces the device-wide
+// sort's and scan's nine launches with one.
 __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __restrict__ scores, int seq, int radius,
                                                                  float threshold, int forced, int take, int width,
-                                                                 uint32_t* __restrict__ keys,
+                                                                 uint32_t* __restrict__ cand_keys,
+                                                                 int32_t* __restrict__ cand_pos,
                                                                  int32_t* __restrict__ out) {
-  const int b = blockIdx.x;
+  using Scan = cub::BlockScan<int, kCutThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  const int per = (seq + kCutThreads - 1) / kCutThreads;
+  const int b = blockIdx.x, p0 = static_cast<int>(threadIdx.x) * per, p1 = min(seq, p0 + per);
   const float* s = scores + static_cast<int64_t>(b) * seq;
-  uint32_t* key = keys + static_cast<int64_t>(b) * seq;
-  for (int p = threadIdx.x; p < seq; p += kCutThreads) key[p] = candidate_key(s, p, seq, radius, threshold, forced);
-  __syncthreads();  // the keys are visible to the whole CTA
+  uint32_t* ckey = cand_keys + static_cast<int64_t>(b) * seq;
+  int32_t* cpos = cand_pos + static_cast<int64_t>(b) * seq;
+  uint32_t key[kCutsPerThread];
+  int mine = 0;
+#pragma unroll
+  for (int i = 0; i < kCutsPerThread; ++i) {
+    key[i] = p0 + i < p1 ? candidate_key(s, p0 + i, seq, radius, threshold, forced) : 0u;
+    mine += key[i] != 0u;
+  }
+  int at, n;
+  Scan(scan_tmp).ExclusiveSum(mine, at, n);
+#pragma unroll
+  for (int i = 0; i < kCutsPerThread; ++i)
+    if (key[i] != 0u) ckey[at] = key[i], cpos[at++] = p0 + i;
+  __syncthreads();  // the candidates are visible to the whole CTA; scan_tmp is free again
   const int pbits = seq > 1 ? 32 - __clz(seq - 1) : 1;
   const uint32_t pmask = (1u << pbits) - 1u;
-  auto full_key = [&](int p) { return (static_cast<uint64_t>(key[p]) << pbits) | (pmask - static_cast<uint32_t>(p)); };
+  auto full_key = [&](uint32_t k, int p) { return (static_cast<uint64_t>(k) << pbits) | (pmask - static_cast<uint32_t>(p)); };
   int64_t rest = 0;
   uint64_t kth = ~0ull;
-  if (take > 0)
-    kth = BlockRadixSelect<kCutThreads>(seq, take, 32 + pbits, full_key,
-                                        [&](int p) { return static_cast<int64_t>(key[p] != 0u); }, &rest);
+  if (take > 0 && n > 0)
+    kth = BlockRadixSelect<kCutThreads>(n, take, 32 + pbits, [&](int j) { return full_key(ckey[j], cpos[j]); },
+                                        [](int) { return int64_t{1}; }, &rest);
   // Fewer candidates than `take`: the select runs past them all (kth 0), and every candidate is a cut.
-  auto is_cut = [&](int p) {
-    const uint64_t k = full_key(p);
-    return key[p] != 0u && (k > kth || (k == kth && rest > 0)) ? 1 : 0;
-  };
-  WriteCutsRow<kCutThreads>(seq, forced, width, is_cut, out + static_cast<int64_t>(b) * width);
+  uint32_t cut = 0;  // bit i: position p0 + i
+#pragma unroll
+  for (int i = 0; i < kCutsPerThread; ++i) {
+    const uint64_t k = full_key(key[i], p0 + i);
+    if (key[i] != 0u && (k > kth || (k == kth && rest > 0))) cut |= 1u << i;
+  }
+  int slot, cuts;
+  Scan(scan_tmp).ExclusiveSum(__popc(cut), slot, cuts);
+  int32_t* row = out + static_cast<int64_t>(b) * width;
+  for (uint32_t m = cut; m != 0u; m &= m - 1u) row[1 + slot++] = p0 + __ffs(static_cast<int>(m));  // position + 1
+  for (int i = threadIdx.x; i < width; i += kCutThreads)
+    if (i == 0 || i > cuts) row[i] = i == 0 ? 0 : (forced >= 0 && i == cuts + 1 ? forced + 1 : seq);
 }
 
 // Flags the positions of the first `take` sorted candidates.
@@ -272,12 +280,12 @@ struct Launch {
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;
     const int take = static_cast<int>(std::max<int64_t>(0, n - 1 - (forced >= 0 ? 1 : 0)));
     uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
+    int32_t* positions = ws.take<int32_t>(key.b * key.l);
     if (seq <= kSingleCtaMaxSeq) {
       SelectCutsKernel<<<batch, kCutThreads, 0, stream>>>(cut, seq, static_cast<int>(a.nms_radius), a.threshold,
-                                                          forced, take, width, keys, out);
+                                                          forced, take, width, keys, positions, out);
       return CudaStatus(cudaGetLastError(), op, "SelectCutsKernel");
     }
-    int32_t* positions = ws.take<int32_t>(key.l);
     uint32_t* sorted_keys = ws.take<uint32_t>(key.l);
     int32_t* sorted_pos = ws.take<int32_t>(key.l);
     int32_t* flags = ws.take<int32_t>(key.l);
@@ -309,8 +317,8 @@ struct Launch {
 
 size_t ChunkBoundariesWorkspace(const ChunkBoundariesAttrs& a, int64_t batch, int64_t seq) {
   if (a.method == BoundaryMethod::kFixed) return 0;
-  return Workspace::Align(batch * seq * sizeof(float)) + Workspace::Align(batch * seq * sizeof(int32_t)) +
-         5 * Workspace::Align(seq * sizeof(int32_t)) + Workspace::Align(CutSelectionTempBytes(static_cast<int>(seq)));
+  return Workspace::Align(batch * seq * sizeof(float)) + 2 * Workspace::Align(batch * seq * sizeof(int32_t)) +
+         4 * Workspace::Align(seq * sizeof(int32_t)) + Workspace::Align(CutSelectionTempBytes(static_cast<int>(seq)));
 }
 
 Status ChunkBoundaries(const ChunkBoundariesAttrs& a, const Act4& key, const float* scores, int32_t* out, void* stream,
