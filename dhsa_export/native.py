@@ -176,7 +176,7 @@ class CudaKernels:
             raise DHSAError(f"out must be a contiguous {query.dtype} tensor of the query's shape {tuple(query.shape)} "
                             f"on {query.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
         elif out.data_ptr() != query.data_ptr() and _overlap(out, query):
-            raise DHSAError("out overlaps the query without being the query itself; pass the query or a separate buffer")
+            raise DHSAError("out overlaps the query without being the query; pass the query or a separate buffer")
         err = ctypes.create_string_buffer(512)
         ws = self._workspace(2, query.shape, [sliding_window, instruction_tokens], 0, query.device)
         rc = self.lib.dhsa_cuda_sparse_attention(

@@ -158,11 +158,11 @@ constexpr int kCutThreads = 1024, kSingleCtaMaxSeq = 16384;  // measured: slower
 constexpr int kCutsPerThread = kSingleCtaMaxSeq / kCutThreads;
 
 // Short samples, one CTA each. Thread t owns positions per * t .. per * t + per - 1 (per = L / 1024
-// rounded up, at most 16), so block scans over the threads keep position order: the candidates (keys held in registers) are compacted, a radix select
-// over them finds the `take` best by (score desc, position asc) — the position, inverted, in the
-// key's low bits makes keys unique — and a second scan gives each cut its slot in the row: 0, the cuts
-// + 1 in position order, the forced instruction cut, then L as padding. Replaces the device-wide
-// sort's and scan's nine launches with one.
+// rounded up, at most 16), so block scans over the threads keep position order: the candidates (keys
+// held in registers) are compacted, a radix select over them finds the `take` best by (score desc,
+// position asc) — the position, inverted, in the key's low bits makes keys unique — and a second scan
+// gives each cut its slot in the row: 0, the cuts + 1 in position order, the forced instruction cut,
+// then L as padding. Replaces the device-wide sort's and scan's nine launches with one.
 __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __restrict__ scores, int seq, int radius,
                                                                  float threshold, int forced, int take, int width,
                                                                  uint32_t* __restrict__ cand_keys,
@@ -190,7 +190,9 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   __syncthreads();  // the candidates are visible to the whole CTA; scan_tmp is free again
   const int pbits = seq > 1 ? 32 - __clz(seq - 1) : 1;
   const uint32_t pmask = (1u << pbits) - 1u;
-  auto full_key = [&](uint32_t k, int p) { return (static_cast<uint64_t>(k) << pbits) | (pmask - static_cast<uint32_t>(p)); };
+  auto full_key = [&](uint32_t k, int p) {
+    return (static_cast<uint64_t>(k) << pbits) | (pmask - static_cast<uint32_t>(p));
+  };
   int64_t rest = 0;
   uint64_t kth = ~0ull;
   if (take > 0 && n > 0)

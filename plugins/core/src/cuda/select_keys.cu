@@ -12,7 +12,6 @@ namespace dhsa {
 namespace cuda {
 namespace {
 
-
 __device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
 __host__ __device__ constexpr int pad4(int n) { return (n + 3) / 4 * 4; }
 
@@ -149,7 +148,9 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   const int tail0 = static_cast<int>(tail_start(seq, a.instruction_tokens));
   for (int x = threadIdx.x; x < dim * kGroup; x += kThreads) {  // q_i = mean over the block's queries, heads
     const int d = x / kGroup, g = x % kGroup, i = i0 + g;
-    const int n = g < groups ? max(min((i + 1) * static_cast<int>(a.block_size), tail0) - i * static_cast<int>(a.block_size), 0) : 0;
+    const int n = g < groups ? max(min((i + 1) * static_cast<int>(a.block_size), tail0) -
+                                       i * static_cast<int>(a.block_size), 0)
+                             : 0;  // the block's sparse queries
     double sum = 0.0;
     for (int part = 0; part < q_parts && n > 0; ++part)
       sum += qsums[((static_cast<int64_t>(b) * nqb + i) * q_parts + part) * dim + d];
