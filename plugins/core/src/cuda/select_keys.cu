@@ -157,16 +157,23 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
     q_s[x] = n > 0 ? static_cast<float>(sum / heads / n) : 0.f;
   }
   __syncthreads();
-  // Four chunks per thread from the aligned chunk at or below u0: 16-byte loads, 8 in flight, since
-  // few CTAs fit per SM and latency, not bandwidth, bounds this loop.
-  const int n4 = pad4(n);
+  // Four chunks per group of tpq threads from the aligned chunk at or below u0, each thread of a
+  // group summing every tpq-th 8-dim slice (16-byte loads, 8 in flight), then a shuffle reduction:
+  // few CTAs fit per SM and latency, not bandwidth, bounds this loop, so when the range is short
+  // (short L) up to 8 threads share a quad instead of most threads idling. Short L runs 1 or 2 blocks
+  // per CTA; the wider groups keep one thread per quad (and their registers).
+  const int n4 = pad4(n), c_first = u0 & ~3, quads = u1 >= c_first ? (u1 - c_first) / 4 + 1 : 0;
+  int tpq = 1;
+  if constexpr (kGroup <= 2)
+    while (tpq < 8 && 2 * tpq * quads <= kThreads) tpq *= 2;
+  const int part = static_cast<int>(threadIdx.x) % tpq, lane = static_cast<int>(threadIdx.x) % 32;
+  const unsigned group_lanes = ((1u << tpq) - 1u) << (lane & ~(tpq - 1));
   const float* kt = kreps_t + static_cast<int64_t>(b) * dim * n4;
-  for (int c4 = (u0 & ~3) + 4 * static_cast<int>(threadIdx.x); c4 <= u1; c4 += 4 * kThreads) {
+  for (int c4 = c_first + 4 * (static_cast<int>(threadIdx.x) / tpq); c4 <= u1; c4 += 4 * (kThreads / tpq)) {
     float acc[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = 0.f;
     constexpr int kUnroll = 8;
-    int d = 0;
     auto fma4 = [&](int dd, float4 k) {
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
@@ -174,21 +181,29 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
         acc[g][0] += qv * k.x, acc[g][1] += qv * k.y, acc[g][2] += qv * k.z, acc[g][3] += qv * k.w;
       }
     };
-    for (; d + kUnroll <= dim; d += kUnroll) {
+    for (int d = part * kUnroll; d + kUnroll <= dim; d += kUnroll * tpq) {
       float4 k[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) k[u] = *reinterpret_cast<const float4*>(kt + static_cast<int64_t>(d + u) * n4 + c4);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) fma4(d + u, k[u]);
     }
-    for (; d < dim; ++d) fma4(d, *reinterpret_cast<const float4*>(kt + static_cast<int64_t>(d) * n4 + c4));
+    if (part == 0)
+      for (int d = dim / kUnroll * kUnroll; d < dim; ++d)
+        fma4(d, *reinterpret_cast<const float4*>(kt + static_cast<int64_t>(d) * n4 + c4));
+    for (int o = 1; o < tpq; o <<= 1)  // the group's lanes are adjacent and run the same iterations
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int c = c4 + e;
-      if (c >= u0 && c <= u1)
+      for (int g = 0; g < kGroup; ++g)
 #pragma unroll
-        for (int g = 0; g < kGroup; ++g) score[g * mu + c - u0] = acc[g][e];
-    }
+        for (int e = 0; e < 4; ++e) acc[g][e] += __shfl_xor_sync(group_lanes, acc[g][e], o);
+    if (part == 0)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = c4 + e;
+        if (c >= u0 && c <= u1)
+#pragma unroll
+          for (int g = 0; g < kGroup; ++g) score[g * mu + c - u0] = acc[g][e];
+      }
   }
   // Key: (score, chunk) with the chunk in just enough low bits, so the select runs fewer passes.
   const int cbits = n > 1 ? 32 - __clz(n - 1) : 1;
