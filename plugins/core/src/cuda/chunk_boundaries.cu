@@ -143,6 +143,12 @@ __device__ __forceinline__ uint32_t candidate_key(const float* __restrict__ s, i
   return ok ? orderable(v) : 0u;  // finite floats never map to 0
 }
 
+// Boundary row slot i that holds no cut (i == 0 or i > cuts): 0, then the forced instruction cut right
+// after the cuts, then L as padding.
+__device__ __forceinline__ int32_t non_cut_slot(int i, int cuts, int forced, int seq) {
+  return i == 0 ? 0 : (forced >= 0 && i == cuts + 1 ? forced + 1 : seq);
+}
+
 // For the device-wide sort: every position's key (a stable descending sort keeps equal scores in
 // position order); sample 0 also writes the positions 0..L-1 every sort reads.
 __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
@@ -210,7 +216,7 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   int32_t* row = out + static_cast<int64_t>(b) * width;
   for (uint32_t m = cut; m != 0u; m &= m - 1u) row[1 + slot++] = p0 + __ffs(static_cast<int>(m));  // position + 1
   for (int i = threadIdx.x; i < width; i += kCutThreads)
-    if (i == 0 || i > cuts) row[i] = i == 0 ? 0 : (forced >= 0 && i == cuts + 1 ? forced + 1 : seq);
+    if (i == 0 || i > cuts) row[i] = non_cut_slot(i, cuts, forced, seq);
 }
 
 // Flags the positions of the first `take` sorted candidates.
@@ -227,7 +233,7 @@ __global__ void WriteCutsKernel(const int32_t* __restrict__ flags, const int32_t
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   const int k = offsets[seq - 1] + flags[seq - 1];
   if (i < seq && flags[i]) row[1 + offsets[i]] = i + 1;
-  if (i < width && (i == 0 || i > k)) row[i] = i == 0 ? 0 : (forced >= 0 && i == k + 1 ? forced + 1 : seq);
+  if (i < width && (i == 0 || i > k)) row[i] = non_cut_slot(i, k, forced, seq);
 }
 
 // CUB temp storage of one sample's cut selection (the sort and the scan run one after the other).

@@ -68,6 +68,11 @@ __global__ void __launch_bounds__(kRepThreads) ChunkRepsKernel(const T* __restri
       });
 }
 
+// Sparse queries of query block i (those of the dense tail from tail0 on are not its own).
+__device__ __forceinline__ int sparse_queries(int i, int block, int tail0) {
+  return max(min((i + 1) * block, tail0) - i * block, 0);
+}
+
 // Query representations are summed by `parts` CTAs per block, each over a contiguous share of the
 // block's (position, head) rows, so short sequences still occupy every SM (a lone CTA per block is
 // latency-bound); SelectKernel adds the parts. Deterministic: fixed shares, fixed order.
@@ -81,7 +86,7 @@ __global__ void __launch_bounds__(kRepThreads) QueryRepsKernel(const T* __restri
                                                                int dim, int block, int tail0, int parts,
                                                                double* __restrict__ sums) {
   const int i = blockIdx.x / parts, part = blockIdx.x % parts, b = blockIdx.y, nqb = gridDim.x / parts;
-  const int s = i * block, n = max(min(s + block, tail0) - s, 0), rows = n * heads;
+  const int s = i * block, rows = sparse_queries(i, block, tail0) * heads;
   const int x0 = static_cast<int>(static_cast<int64_t>(rows) * part / parts);
   const int x1 = static_cast<int>(static_cast<int64_t>(rows) * (part + 1) / parts);
   SumRows<T, kVec>(
@@ -148,9 +153,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   const int tail0 = static_cast<int>(tail_start(seq, a.instruction_tokens));
   for (int x = threadIdx.x; x < dim * kGroup; x += kThreads) {  // q_i = mean over the block's queries, heads
     const int d = x / kGroup, g = x % kGroup, i = i0 + g;
-    const int n = g < groups ? max(min((i + 1) * static_cast<int>(a.block_size), tail0) -
-                                       i * static_cast<int>(a.block_size), 0)
-                             : 0;  // the block's sparse queries
+    const int n = g < groups ? sparse_queries(i, static_cast<int>(a.block_size), tail0) : 0;
     double sum = 0.0;
     for (int part = 0; part < q_parts && n > 0; ++part)
       sum += qsums[((static_cast<int64_t>(b) * nqb + i) * q_parts + part) * dim + d];

@@ -121,11 +121,12 @@ struct Tiles {
 template <int D, int SK>
 struct WgmmaTiles {
   static constexpr int kBN = D >= 256 ? 64 : 128, kThreads = 3 * 128;  // a loading warpgroup, two MMA warpgroups
+  static constexpr int kLoadWarps = 4;  // each copies kBN / 4 rows of a tile and records their position span
   // Registers per thread after setmaxnreg (128 x load + 256 x MMA <= 64512): the fewest that keep
   // the loader free of spills, the rest to the MMA warpgroups.
   static constexpr int kLoadRegs = D >= 256 ? 40 : 56, kMmaRegs = D >= 256 ? 232 : 224;
   static constexpr size_t kQBytes = size_t(kBM) * D * 2, kTileBytes = size_t(kBN) * D * 2;
-  static constexpr size_t kSmem = 1024 + kQBytes + (SK + 2) * kTileBytes + SK * (kBN + 8) * sizeof(int) +
+  static constexpr size_t kSmem = 1024 + kQBytes + (SK + 2) * kTileBytes + SK * (kBN + 2 * kLoadWarps) * sizeof(int) +
                                   (1 + 2 * SK + 4) * sizeof(uint64_t);
 };
 
@@ -483,7 +484,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   T* v_s = reinterpret_cast<T*>(smem + TL::kQBytes + SK * TL::kTileBytes);  // 2 stages
   int* pos_s = reinterpret_cast<int*>(smem + TL::kQBytes + (SK + 2) * TL::kTileBytes);  // with K: SK stages
   int2* span_s = reinterpret_cast<int2*>(pos_s + SK * kBN);  // per stage and loading warp: (min, max) position
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(span_s + 4 * SK);
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(span_s + TL::kLoadWarps * SK);
   uint64_t* k_full = q_full + 1;
   uint64_t* k_empty = k_full + SK;
   uint64_t* v_full = k_empty + SK;
@@ -510,7 +511,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
     load_q<T, D, true>(p, w, q_s, tid, 128);
     MbarArriveOnCopies(q_full);
-    constexpr int kWarpRows = kBN / 4;
+    constexpr int kWarpRows = kBN / TL::kLoadWarps;
     const int lw = tid / 32;
     // Lane j < kWarpRows holds row j's key position (kNoKey: padding), read two tiles ahead of its
     // copy; the copies take it by shuffle, so no shared-memory round trip or barrier is in their way.
@@ -546,7 +547,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
           lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o_));
           hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o_));
         }
-        if (lane == 0) span_s[st * 4 + lw] = make_int2(lo, hi);
+        if (lane == 0) span_s[st * TL::kLoadWarps + lw] = make_int2(lo, hi);
         MbarArrive(k_full + st);
       }
       if (t > 0) {  // V one tile behind K: the order in which the MMA warpgroups use them
@@ -598,8 +599,8 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     WgmmaPin(s);
     int lo = kNoKey, hi = -1;
 #pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int2 span = span_s[st * 4 + x];
+    for (int x = 0; x < TL::kLoadWarps; ++x) {
+      const int2 span = span_s[st * TL::kLoadWarps + x];
       lo = min(lo, span.x);
       hi = max(hi, span.y);
     }
