@@ -24,6 +24,7 @@ constexpr int kTilePositions = 64, kSliceChannels = 64, kMaxTiledWindow = 16;
 template <typename T>
 __global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict__ key, int heads, int seq, int dim,
                                                              int window, float* __restrict__ scores) {
+  AfterPredecessor();
   constexpr int kVec = 16 / sizeof(T), kVecsPerRow = kSliceChannels / kVec;
   constexpr int kMaxRows = kTilePositions + 2 * kMaxTiledWindow - 1;
   constexpr int kLoads = (kMaxRows * kVecsPerRow + 255) / 256;
@@ -100,6 +101,7 @@ __global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict_
 template <typename T>
 __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restrict__ given, int heads, int seq,
                                 int dim, int window, float* __restrict__ scores) {
+  AfterPredecessor();
   const int b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int p = blockIdx.x * kScoreWarps + warp;
   if (p >= seq) return;
@@ -153,6 +155,7 @@ __device__ __forceinline__ int32_t non_cut_slot(int i, int cuts, int forced, int
 // position order); sample 0 also writes the positions 0..L-1 every sort reads.
 __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
                                     int forced, uint32_t* __restrict__ keys, int32_t* __restrict__ positions) {
+  AfterPredecessor();
   const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= seq) return;
   keys[static_cast<int64_t>(b) * seq + p] =
@@ -174,6 +177,7 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
                                                                  uint32_t* __restrict__ cand_keys,
                                                                  int32_t* __restrict__ cand_pos,
                                                                  int32_t* __restrict__ out) {
+  AfterPredecessor();
   using Scan = cub::BlockScan<int, kCutThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   const int per = (seq + kCutThreads - 1) / kCutThreads;
@@ -222,6 +226,7 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
 // Flags the positions of the first `take` sorted candidates.
 __global__ void MarkCutsKernel(const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted_pos,
                                int seq, int take, int32_t* __restrict__ flags) {
+  AfterPredecessor();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < min(seq, take) && sorted_keys[i] != 0) flags[sorted_pos[i]] = 1;
 }
@@ -230,6 +235,7 @@ __global__ void MarkCutsKernel(const uint32_t* __restrict__ sorted_keys, const i
 // position order, the forced instruction cut (after every candidate), then L as padding.
 __global__ void WriteCutsKernel(const int32_t* __restrict__ flags, const int32_t* __restrict__ offsets, int seq,
                                 int forced, int width, int32_t* __restrict__ row) {
+  AfterPredecessor();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   const int k = offsets[seq - 1] + flags[seq - 1];
   if (i < seq && flags[i]) row[1 + offsets[i]] = i + 1;
@@ -248,6 +254,7 @@ size_t CutSelectionTempBytes(int seq) {
 }
 
 __global__ void FixedKernel(int seq, int chunk, int width, int32_t* __restrict__ out) {
+  AfterPredecessor();
   const int b = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < width) {
     const int64_t at = static_cast<int64_t>(i) * chunk;
@@ -264,9 +271,9 @@ struct Launch {
     const int width = static_cast<int>(n + 1);
     const char* op = kChunkBoundaries;
     if (a.method == BoundaryMethod::kFixed) {
-      FixedKernel<<<dim3((width + 255) / 256, batch), 256, 0, stream>>>(seq, static_cast<int>(a.chunk_size), width,
-                                                                         out);
-      return CudaStatus(cudaGetLastError(), op, "FixedKernel");
+      return CudaStatus(LaunchKernel(FixedKernel, dim3((width + 255) / 256, batch), 256, 0, stream, seq,
+                                     static_cast<int>(a.chunk_size), width, out),
+                        op, "FixedKernel");
     }
     Workspace ws(workspace, ChunkBoundariesWorkspace(a, key.b, key.l), stream, op);
     DHSA_RETURN_IF_ERROR(ws.status());
@@ -274,25 +281,25 @@ struct Launch {
     constexpr int kVec = 16 / static_cast<int>(sizeof(T));
     const bool tiled = a.method == BoundaryMethod::kSimilarity && a.window <= kMaxTiledWindow && key.d % kVec == 0 &&
                        reinterpret_cast<uintptr_t>(key.data) % 16 == 0;
-    if (tiled) {
-      CutScoresTiledKernel<T><<<dim3((seq + kTilePositions - 1) / kTilePositions, batch), 256, 0, stream>>>(
-          static_cast<const T*>(key.data), static_cast<int>(key.h), seq, static_cast<int>(key.d),
-          static_cast<int>(a.window), cut);
-    } else {
-      CutScoresKernel<T><<<dim3((seq + kScoreWarps - 1) / kScoreWarps, batch), kScoreWarps * 32, 0, stream>>>(
-          static_cast<const T*>(key.data), a.method == BoundaryMethod::kScores ? scores : nullptr,
-          static_cast<int>(key.h), seq, static_cast<int>(key.d), static_cast<int>(a.window), cut);
-    }
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "CutScoresKernel");
+    const T* k_data = static_cast<const T*>(key.data);
+    const int heads = static_cast<int>(key.h), dim = static_cast<int>(key.d), window = static_cast<int>(a.window);
+    DHSA_CUDA_RETURN(
+        tiled ? LaunchKernel(CutScoresTiledKernel<T>, dim3((seq + kTilePositions - 1) / kTilePositions, batch), 256, 0,
+                             stream, k_data, heads, seq, dim, window, cut)
+              : LaunchKernel(CutScoresKernel<T>, dim3((seq + kScoreWarps - 1) / kScoreWarps, batch), kScoreWarps * 32,
+                             0, stream, k_data, a.method == BoundaryMethod::kScores ? scores : nullptr, heads, seq, dim,
+                             window, cut),
+        op, "CutScoresKernel");
     const int64_t tail = std::min<int64_t>(a.instruction_tokens, key.l);
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;
     const int take = static_cast<int>(std::max<int64_t>(0, n - 1 - (forced >= 0 ? 1 : 0)));
     uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
     int32_t* positions = ws.take<int32_t>(key.b * key.l);
     if (seq <= kSingleCtaMaxSeq) {
-      SelectCutsKernel<<<batch, kCutThreads, 0, stream>>>(cut, seq, static_cast<int>(a.nms_radius), a.threshold,
-                                                          forced, take, width, keys, positions, out);
-      return CudaStatus(cudaGetLastError(), op, "SelectCutsKernel");
+      return CudaStatus(LaunchKernel(SelectCutsKernel, batch, kCutThreads, 0, stream, cut, seq,
+                                     static_cast<int>(a.nms_radius), a.threshold, forced, take, width, keys,
+                                     positions, out),
+                        op, "SelectCutsKernel");
     }
     uint32_t* sorted_keys = ws.take<uint32_t>(key.l);
     int32_t* sorted_pos = ws.take<int32_t>(key.l);
@@ -300,9 +307,9 @@ struct Launch {
     int32_t* offsets = ws.take<int32_t>(key.l);
     size_t cub_bytes = CutSelectionTempBytes(seq);
     void* cub_tmp = ws.take<unsigned char>(cub_bytes);
-    CandidateKeysKernel<<<dim3((seq + 255) / 256, batch), 256, 0, stream>>>(
-        cut, seq, static_cast<int>(a.nms_radius), a.threshold, forced, keys, positions);
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "CandidateKeysKernel");
+    DHSA_CUDA_RETURN(LaunchKernel(CandidateKeysKernel, dim3((seq + 255) / 256, batch), 256, 0, stream, cut, seq,
+                                  static_cast<int>(a.nms_radius), a.threshold, forced, keys, positions),
+                     op, "CandidateKeysKernel");
     const int grid = (std::max(seq, width) + 255) / 256;
     for (int b = 0; b < batch; ++b) {  // prefill batches are small; each sample is a device-wide sort
       DHSA_CUDA_RETURN(cub::DeviceRadixSort::SortPairsDescending(
@@ -310,12 +317,14 @@ struct Launch {
                            positions, sorted_pos, seq, 0, 32, stream),
                        op, "cub::DeviceRadixSort");
       DHSA_CUDA_RETURN(cudaMemsetAsync(flags, 0, sizeof(int32_t) * seq, stream), op, "cudaMemsetAsync");
-      MarkCutsKernel<<<(seq + 255) / 256, 256, 0, stream>>>(sorted_keys, sorted_pos, seq, take, flags);
+      DHSA_CUDA_RETURN(LaunchKernel(MarkCutsKernel, (seq + 255) / 256, 256, 0, stream, sorted_keys, sorted_pos, seq,
+                                    take, flags),
+                       op, "MarkCutsKernel");
       DHSA_CUDA_RETURN(cub::DeviceScan::ExclusiveSum(cub_tmp, cub_bytes, flags, offsets, seq, stream), op,
                        "cub::DeviceScan");
-      WriteCutsKernel<<<grid, 256, 0, stream>>>(flags, offsets, seq, forced, width,
-                                                out + static_cast<int64_t>(b) * width);
-      DHSA_CUDA_RETURN(cudaGetLastError(), op, "WriteCutsKernel");
+      DHSA_CUDA_RETURN(LaunchKernel(WriteCutsKernel, grid, 256, 0, stream, flags, offsets, seq, forced, width,
+                                    out + static_cast<int64_t>(b) * width),
+                       op, "WriteCutsKernel");
     }
     return Status::Ok();
   }

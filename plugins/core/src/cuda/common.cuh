@@ -51,6 +51,44 @@ inline cudaError_t MaxSharedMemoryPerBlock(int* bytes) {
   return e;
 }
 
+// Programmatic dependent launch (compute capability 9.0 and up). A kernel started by LaunchKernel
+// may be scheduled while its predecessor in the stream drains, which hides its launch and ramp-up
+// under the predecessor's last wave. Such a kernel must call AfterPredecessor() before it touches
+// memory at all: that waits until the predecessor has completed and its writes are visible (the
+// predecessor may be any kernel, ours or the framework's), then lets this kernel's own successor be
+// scheduled. A successor therefore starts only once this kernel's predecessor is done, so at most
+// two grids share the GPU.
+__device__ __forceinline__ void AfterPredecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+inline bool ProgrammaticLaunch() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch where the GPU
+// has it; `kernel` must begin with AfterPredecessor().
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                         Args... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = ProgrammaticLaunch() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
 // Order-preserving map of a float to uint32 (larger float -> larger key).
 __device__ __forceinline__ uint32_t orderable(float f) {
   const uint32_t u = __float_as_uint(f);

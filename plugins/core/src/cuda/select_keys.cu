@@ -53,10 +53,9 @@ __device__ __forceinline__ void SumRows(int n_rows, int dim, RowAt row_at, Emit 
 // Stored transposed, (B, D, N4) with rows padded to N4 = N rounded up to 4: the scoring threads,
 // four chunks each, then read consecutive 16-byte vectors.
 template <typename T, int kVec>
-__global__ void __launch_bounds__(kRepThreads) ChunkRepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd,
-                                                               int heads, int seq, int dim, int n_plus_1,
-                                                               float* __restrict__ reps) {
-  const int c = blockIdx.x, b = blockIdx.y;
+__device__ __forceinline__ void ChunkReps(const T* __restrict__ key, const int32_t* __restrict__ bd, int heads, int seq,
+                                          int dim, int n_plus_1, float* __restrict__ reps, int c) {
+  const int b = blockIdx.y;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
   const int s = clampi(row[c], 0, seq), len = clampi(row[c + 1], s, seq) - s;
   SumRows<T, kVec>(
@@ -82,10 +81,9 @@ __host__ __device__ constexpr int QueryRepParts(int64_t blocks) {
 
 // Part p of sum over the block's sparse queries and all query heads, in float64: (B, nQB, parts, D).
 template <typename T, int kVec>
-__global__ void __launch_bounds__(kRepThreads) QueryRepsKernel(const T* __restrict__ query, int heads, int seq,
-                                                               int dim, int block, int tail0, int parts,
-                                                               double* __restrict__ sums) {
-  const int i = blockIdx.x / parts, part = blockIdx.x % parts, b = blockIdx.y, nqb = gridDim.x / parts;
+__device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads, int seq, int dim, int block,
+                                          int tail0, int nqb, int parts, double* __restrict__ sums, int x) {
+  const int i = x / parts, part = x % parts, b = blockIdx.y;
   const int s = i * block, rows = sparse_queries(i, block, tail0) * heads;
   const int x0 = static_cast<int>(static_cast<int64_t>(rows) * part / parts);
   const int x1 = static_cast<int>(static_cast<int64_t>(rows) * (part + 1) / parts);
@@ -98,6 +96,21 @@ __global__ void __launch_bounds__(kRepThreads) QueryRepsKernel(const T* __restri
       [&](int d, double sum) { sums[((static_cast<int64_t>(b) * nqb + i) * parts + part) * dim + d] = sum; });
 }
 
+// Both kinds of representation in one grid: the first n_plus_1 - 1 CTAs sum a chunk each, the rest
+// a query-block part each. They are independent, and as two launches each left most SMs idle at
+// short L.
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kRepThreads) RepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd,
+                                                          int kv_heads, int n_plus_1, float* __restrict__ kreps,
+                                                          const T* __restrict__ query, int q_heads, int block,
+                                                          int tail0, int nqb, int parts, double* __restrict__ qsums,
+                                                          int seq, int dim) {
+  AfterPredecessor();
+  const int x = static_cast<int>(blockIdx.x), chunks = n_plus_1 - 1;
+  if (x < chunks) ChunkReps<T, kVec>(key, bd, kv_heads, seq, dim, n_plus_1, kreps, x);
+  else QueryReps<T, kVec>(query, q_heads, seq, dim, block, tail0, nqb, parts, qsums, x - chunks);
+}
+
 // Query blocks i0 .. i0 + G - 1 (G = kGroup): score the union of their free chunk ranges once, then
 // select per block. Shared memory: G scores and one weight per chunk of the union, G query reps.
 template <int kGroup, int kThreads>
@@ -106,6 +119,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
                                                          const int32_t* __restrict__ bd, int n_plus_1, int seq, int dim,
                                                          int nqb, SelectKeysAttrs a, int32_t* __restrict__ indices,
                                                          int32_t* __restrict__ counts) {
+  AfterPredecessor();
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int c0_s[kGroup], c1_s[kGroup];
@@ -269,13 +283,13 @@ Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const 
   const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
   const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
   const size_t smem = static_cast<size_t>(kRepThreads / (dim / kVec)) * dim * sizeof(double);
-  ChunkRepsKernel<T, kVec><<<dim3(static_cast<unsigned>(n_plus_1 - 1), batch), kRepThreads, smem, stream>>>(
-      static_cast<const T*>(k.data), bd, static_cast<int>(k.h), seq, dim, static_cast<int>(n_plus_1), kreps);
-  DHSA_CUDA_RETURN(cudaGetLastError(), kSelectKeys, "ChunkRepsKernel");
-  QueryRepsKernel<T, kVec><<<dim3(nqb * q_parts, batch), kRepThreads, smem, stream>>>(
-      static_cast<const T*>(q.data), static_cast<int>(q.h), seq, dim, static_cast<int>(a.block_size),
-      static_cast<int>(tail_start(q.l, a.instruction_tokens)), q_parts, qsums);
-  return CudaStatus(cudaGetLastError(), kSelectKeys, "QueryRepsKernel");
+  const unsigned ctas = static_cast<unsigned>(n_plus_1 - 1 + int64_t{nqb} * q_parts);
+  return CudaStatus(LaunchKernel(RepsKernel<T, kVec>, dim3(ctas, batch), kRepThreads, smem, stream,
+                                 static_cast<const T*>(k.data), bd, static_cast<int>(k.h), static_cast<int>(n_plus_1),
+                                 kreps, static_cast<const T*>(q.data), static_cast<int>(q.h),
+                                 static_cast<int>(a.block_size), static_cast<int>(tail_start(q.l, a.instruction_tokens)),
+                                 nqb, q_parts, qsums, seq, dim),
+                    kSelectKeys, "RepsKernel");
 }
 
 // Shared memory of SelectKernel<G> (blocks of one CTA share chunk ranges at most n wide).
@@ -292,9 +306,9 @@ Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kr
   const auto kernel = SelectKernel<kGroup, kThreads>;
   DHSA_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    kSelectKeys, "cudaFuncSetAttribute");
-  kernel<<<dim3((nqb + kGroup - 1) / kGroup, batch), kThreads, smem, stream>>>(
-      qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts);
-  return CudaStatus(cudaGetLastError(), kSelectKeys, "SelectKernel");
+  return CudaStatus(LaunchKernel(kernel, dim3((nqb + kGroup - 1) / kGroup, batch), kThreads, smem, stream, qsums,
+                                 q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts),
+                    kSelectKeys, "SelectKernel");
 }
 
 // Threads per selection CTA. Its loops are latency-bound, so warps help: 512 threads, or 1024 when

@@ -187,13 +187,16 @@ __device__ __forceinline__ void tile_positions(const CtaWork& w, int tile, int m
   for (int i = 0; i < kRows; ++i) pos[i] = key_at(w, tile * kBN + my_r0 + i * kRowStep);
 }
 
-// Copies the CTA's Q rows into shared memory (rows of inactive queries are zero-filled).
-template <typename T, int D, bool kPanels>
-__device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s, int tid, int n_threads) {
+// Copies the CTA's Q rows into shared memory (rows of inactive queries are zero-filled); kN threads,
+// each copying one 16-byte column of every (kN / (D / 8))-th row.
+template <typename T, int D, bool kPanels, int kN>
+__device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s, int tid) {
   constexpr int kChunks = D / 8;
+  static_assert(kN % kChunks == 0, "whole rows per pass");
   const T* qg = static_cast<const T*>(p.q);
-  for (int c = tid; c < kBM * kChunks; c += n_threads) {
-    const int r = c / kChunks, ch = c % kChunks;
+  const int ch = tid % kChunks;
+#pragma unroll 4
+  for (int r = tid / kChunks; r < kBM; r += kN / kChunks) {
     const RowInfo ri = row_info(p, w, r);
     const int hq = w.hk * p.group + max(ri.head, 0);
     const T* src = qg + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
@@ -208,30 +211,43 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// The running max of a row moves only when a tile's max exceeds it by more than this (log2 units),
+// so most tiles skip rescaling the output accumulators (FlashAttention-4's conditional rescale).
+// Probabilities then reach up to 2^8 before normalisation, which the bf16 / fp16 P fragments and the
+// fp32 sums hold with the same relative precision.
+constexpr float kRescaleSlack = 8.f;
+
 // Online softmax over one tile of scores for this thread's two rows (positions t0, t1; -1 =
-// inactive): scale, soft-cap, mask (causal, sliding window, padding) in the log2 domain, then
-// s <- 2^(s - m_new), l updated; returns the factors the running output must be scaled by. kMask =
-// false when the caller knows every key of the tile is visible to every row of the warp.
+// inactive): mask (causal, sliding window, padding), then s <- 2^(s * scale * log2(e) - m) with one
+// FFMA per score (soft-capped or non-positive scales are mapped to the log2 domain first), l updated;
+// returns the factors the running output must be scaled by (exactly 1 when m stayed). kMask = false
+// when the caller knows every key of the tile is visible to every row of the warp.
 template <int kBN, bool kMask = true>
 __device__ __forceinline__ float2 online_softmax(const Params& p, float (&s)[kBN / 8][4], const int* pt, int t0,
                                                  int t1, float& m0, float& m1, float& l0, float& l1) {
   const int lane = threadIdx.x % 32;
-  const float scale_l2 = p.scale * kLog2e;
+  float c = p.scale * kLog2e;  // log2-domain factor of the raw scores
+  if (p.softcap > 0.f || !(c > 0.f)) {  // the max of c * s is c times the max of s only for c > 0
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[nt][e] = p.softcap > 0.f ? p.softcap * tanhf(s[nt][e] * p.scale / p.softcap) * kLog2e : s[nt][e] * c;
+    c = 1.f;
+  }
   float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
   for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       float x = s[nt][e];
-      if (p.softcap > 0.f) x = p.softcap * tanhf(x * p.scale / p.softcap) * kLog2e;
-      else x *= scale_l2;
       if constexpr (kMask) {
         const int pos = pt[nt * 8 + (lane % 4) * 2 + (e & 1)];
         const int t = e < 2 ? t0 : t1;
         const bool ok = pos <= t && (p.window == 0 || pos > t - p.window);
         x = ok ? x : -INFINITY;
+        s[nt][e] = x;
       }
-      s[nt][e] = x;
       if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
     }
   }
@@ -240,18 +256,21 @@ __device__ __forceinline__ float2 online_softmax(const Params& p, float (&s)[kBN
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
   }
-  const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+  mx0 *= c;
+  mx1 *= c;
+  const float new0 = mx0 > m0 + kRescaleSlack ? mx0 : m0, new1 = mx1 > m1 + kRescaleSlack ? mx1 : m1;
   const float use0 = new0 == -INFINITY ? 0.f : new0, use1 = new1 == -INFINITY ? 0.f : new1;
-  const float2 alpha = make_float2(fast_exp2(m0 - use0), fast_exp2(m1 - use1));
+  const float2 alpha =
+      make_float2(new0 == m0 ? 1.f : fast_exp2(m0 - use0), new1 == m1 ? 1.f : fast_exp2(m1 - use1));
   m0 = new0;
   m1 = new1;
   float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
   for (int nt = 0; nt < kBN / 8; ++nt) {
-    s[nt][0] = fast_exp2(s[nt][0] - use0);
-    s[nt][1] = fast_exp2(s[nt][1] - use0);
-    s[nt][2] = fast_exp2(s[nt][2] - use1);
-    s[nt][3] = fast_exp2(s[nt][3] - use1);
+    s[nt][0] = fast_exp2(fmaf(s[nt][0], c, -use0));
+    s[nt][1] = fast_exp2(fmaf(s[nt][1], c, -use0));
+    s[nt][2] = fast_exp2(fmaf(s[nt][2], c, -use1));
+    s[nt][3] = fast_exp2(fmaf(s[nt][3], c, -use1));
     sum0 += s[nt][0] + s[nt][1];
     sum1 += s[nt][2] + s[nt][3];
   }
@@ -384,7 +403,7 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
   const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  load_q<T, D, false>(p, w, q_s, tid, kThreads);
+  load_q<T, D, false, kThreads>(p, w, q_s, tid);
   // Key positions of a tile are read one tile before its copy is issued, so the dependent index
   // load never stalls the warps between the barrier and the tensor-core work.
   const int my_ch = tid % kChunks, my_r0 = tid / kChunks;
@@ -466,8 +485,9 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
 }
 
-// Hopper kernel, warp-specialised as in FlashAttention-3. Warpgroup 0 gathers Q and the selected
-// K / V tiles with cp.async into 128-byte swizzled panels and announces each through an mbarrier;
+// Hopper kernel, warp-specialised as in FlashAttention-3. All threads copy Q, then warpgroup 0
+// gathers the selected K / V tiles with cp.async into 128-byte swizzled panels and announces each
+// through an mbarrier;
 // warpgroups 1 and 2 (64 query rows each) run QK^T with Q and K from shared memory and PV with P from
 // registers. Each issues QK(t) together with PV(t-1) and runs tile t's softmax while PV(t-1) is on
 // the tensor cores; the two run unsynchronised (making them take turns, FlashAttention-3's
@@ -496,30 +516,31 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   // MMA warpgroups' wgmma path free of divergence.
   const int tid = threadIdx.x, lane = tid % 32, wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (tid == 0) {
-    // Full: one arrival per loading thread when its copies land (for K, one more once it has written
-    // the positions); empty: one per MMA thread. An arrival releases only its own thread's accesses,
-    // so every thread that touched the stage arrives.
-    MbarInit(q_full, 128);
+    // Full: one arrival per copying thread when its copies land (Q: every thread; K and V: the
+    // loading warpgroup, for K one more once it has written the positions); empty: one per MMA
+    // thread. An arrival releases only its own thread's accesses, so every thread that touched the
+    // stage arrives.
+    MbarInit(q_full, TL::kThreads);
     for (int st = 0; st < SK; ++st) MbarInit(k_full + st, 256), MbarInit(k_empty + st, 256);
     for (int st = 0; st < 2; ++st) MbarInit(v_full + st, 128), MbarInit(v_empty + st, 256);
   }
   __syncthreads();
+  // Every thread copies a share of Q: the MMA warpgroups would only wait for it, and 128 threads
+  // issuing 64 KB of 16-byte copies (a row lookup each) kept them waiting ~6 % of their time.
+  load_q<T, D, true, TL::kThreads>(p, w, q_s, tid);
+  MbarArriveOnCopies(q_full);
 
   if (wg == 0) {  // loading warpgroup: warp lw copies rows kWarpRows * lw .. + kWarpRows - 1 of every tile
     SetMaxRegistersDec<TL::kLoadRegs>();
     const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
     const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.seq * D;
-    load_q<T, D, true>(p, w, q_s, tid, 128);
-    MbarArriveOnCopies(q_full);
     constexpr int kWarpRows = kBN / TL::kLoadWarps;
     const int lw = tid / 32;
     // Lane j < kWarpRows holds row j's key position (kNoKey: padding), read two tiles ahead of its
     // copy; the copies take it by shuffle, so no shared-memory round trip or barrier is in their way.
-    auto position = [&](int tile) {
-      if (lane >= kWarpRows) return kNoKey;
-      const int pos = key_at(w, tile * kBN + lw * kWarpRows + lane);
-      return pos >= 0 && pos < p.seq ? pos : kNoKey;
-    };
+    // It is range-checked only when its tile is copied: checked at once, the load's latency stalled
+    // the loader every tile.
+    auto position = [&](int tile) { return lane < kWarpRows ? key_at(w, tile * kBN + lw * kWarpRows + lane) : kNoKey; };
     auto copy_rows = [&](T* dst, const T* src, int my_pos) {  // a row per kChunks lanes, 16 bytes each
       constexpr int kPer = 32 / kChunks;
       const int ch = lane % kChunks;
@@ -535,6 +556,7 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     for (int t = 0; t <= n_tiles; ++t) {
       const int after = position(t + 2);
       if (t < n_tiles) {
+        cur = cur >= 0 && cur < p.seq ? cur : kNoKey;
         const int st = t % SK;
         if (t >= SK) MbarWait(k_empty + st, (t / SK - 1) & 1);
         copy_rows(k_s + st * kBN * D, kg, cur);
@@ -570,32 +592,41 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   float o[D / 8][4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   zero(o);
   uint32_t pa[kBN / 16][4];  // P(t-1)
-  const uint32_t qa = smem_addr(q_s) + mg * 64 * 128;  // this warpgroup's 64 query rows
+  // Descriptors: one per operand tile, each k-step's a constant further on.
+  const uint64_t qd = WgmmaDesc(smem_addr(q_s) + mg * 64 * 128, 16, 1024);  // this warpgroup's 64 query rows
   auto issue_pv = [&](int tile) {  // V is MN-major: 16 keys = 2048 bytes down a panel, panels kBN * 128 apart
-    const uint32_t va = smem_addr(v_s + (tile % 2) * kBN * D);
+    const uint64_t vd = WgmmaDesc(smem_addr(v_s + (tile % 2) * kBN * D), kBN * 128, 1024);
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, pa[kk], WgmmaDesc(va + kk * 16 * 128, kBN * 128, 1024));
+    for (int kk = 0; kk < kBN / 16; ++kk) WgmmaRS<T, D>(o, pa[kk], WgmmaDescAdd(vd, kk * 16 * 128));
   };
   MbarWait(q_full, 0);
 
-  for (int tile = 0; tile < n_tiles; ++tile) {
+  // One key tile: QK(tile) and PV(tile - 1) go to the tensor cores as two commit groups, and the
+  // softmax of S(tile) runs while PV(tile - 1) is still in flight. The first tile (no PV yet) is its
+  // own instantiation: with a conditional PV, ptxas commits an empty group through a dummy wgmma on
+  // every path, and waiting for S then also waited for PV.
+  auto step = [&](int tile, auto first) {
+    constexpr bool kFirst = decltype(first)::value;
     const int st = tile % SK;
     MbarWait(k_full + st, (tile / SK) & 1);
-    if (tile > 0) MbarWait(v_full + (tile - 1) % 2, ((tile - 1) / 2) & 1);
+    if (!kFirst) MbarWait(v_full + (tile - 1) % 2, ((tile - 1) / 2) & 1);
     FenceProxyAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
     float s[kBN / 8][4];
-    const uint32_t ka = smem_addr(k_s + st * kBN * D);
+    const uint64_t kd = WgmmaDesc(smem_addr(k_s + st * kBN * D), 16, 1024);
     WgmmaPin(s);
     WgmmaPin(o);
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)  // a K-major k-step is 32 bytes into a 64-element panel
-      WgmmaSS<T, kBN>(s, WgmmaDesc(qa + (kk / 4) * kBM * 128 + (kk % 4) * 32, 16, 1024),
-                      WgmmaDesc(ka + (kk / 4) * kBN * 128 + (kk % 4) * 32, 16, 1024), kk > 0);
+      WgmmaSS<T, kBN>(s, WgmmaDescAdd(qd, (kk / 4) * kBM * 128 + (kk % 4) * 32),
+                      WgmmaDescAdd(kd, (kk / 4) * kBN * 128 + (kk % 4) * 32), kk > 0);
     WgmmaCommit();
-    if (tile > 0) issue_pv(tile - 1);
-    WgmmaCommit();
-    WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
+    if constexpr (!kFirst) {
+      issue_pv(tile - 1);
+      WgmmaCommit();
+    }
+    if constexpr (kFirst) WgmmaWait<0>();
+    else WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
     WgmmaPin(s);
     int lo = kNoKey, hi = -1;
 #pragma unroll
@@ -611,12 +642,16 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
                              ? online_softmax<kBN, false>(p, s, nullptr, t0, t1, m0, m1, l0, l1)
                              : online_softmax<kBN, true>(p, s, pos_s + st * kBN, t0, t1, m0, m1, l0, l1);
     MbarArrive(k_empty + st);  // K(tile) and its positions are consumed
-    WgmmaWait<0>();
-    WgmmaPin(o);
-    if (tile > 0) MbarArrive(v_empty + (tile - 1) % 2);
+    if constexpr (!kFirst) {
+      WgmmaWait<0>();
+      WgmmaPin(o);
+      MbarArrive(v_empty + (tile - 1) % 2);
+    }
     if (!__all_sync(0xffffffffu, alpha.x == 1.f && alpha.y == 1.f)) rescale<D>(o, alpha);  // the max moved
     pack_p<T, kBN>(s, pa);
-  }
+  };
+  if (n_tiles > 0) step(0, std::true_type{});
+  for (int tile = 1; tile < n_tiles; ++tile) step(tile, std::false_type{});
   if (n_tiles > 0) {
     MbarWait(v_full + (n_tiles - 1) % 2, ((n_tiles - 1) / 2) & 1);
     FenceProxyAsync();
@@ -635,12 +670,14 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
 // with a constant), so neither pays for the other's branches inside the key loop.
 template <typename T, int D, int BN, int S>
 __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
+  AfterPredecessor();
   if (static_cast<int>(blockIdx.x) < p.tail_ctas) FlashCta<T, D, BN, S>(p, false);
   else FlashCta<T, D, BN, S>(p, true);
 }
 
 template <typename T, int D, int SK>
 __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Params p) {
+  AfterPredecessor();
   if (static_cast<int>(blockIdx.x) < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
   else WgmmaCta<T, D, SK>(p, true);
 }
@@ -649,6 +686,7 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
 template <typename T>
 __global__ void MergeSplitsKernel(const float* __restrict__ part_o, const float* __restrict__ part_ml, int splits,
                                   int dim, int seq, int tail0, int tail_rows, int hq, T* __restrict__ out) {
+  AfterPredecessor();
   const int row = blockIdx.x;  // (b * hq + h) * tail_rows + tt
   const int tt = row % tail_rows, bh = row / tail_rows;
   float mx = -INFINITY;
@@ -674,6 +712,7 @@ __global__ void MergeSplitsKernel(const float* __restrict__ part_o, const float*
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
 template <typename T>
 __global__ void RowKernel(Params p, int dim) {
+  AfterPredecessor();
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
   const int64_t rows = static_cast<int64_t>(gridDim.y) * p.hq * p.seq;
   (void)rows;
@@ -763,13 +802,14 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
   }
   const int ctas = p.tail_ctas + sparse_blocks * p.row_tiles;
   if (ctas > 0) {
-    kernel<<<dim3(ctas, batch * p.hkv), threads, smem, stream>>>(p);
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "attention kernel");
+    DHSA_CUDA_RETURN(LaunchKernel(kernel, dim3(ctas, batch * p.hkv), threads, smem, stream, p), op,
+                     "attention kernel");
   }
   if (p.tail_rows > 0) {
-    MergeSplitsKernel<T><<<batch * p.hq * p.tail_rows, std::min(dim, 256), 0, stream>>>(
-        p.part_o, p.part_ml, p.splits, dim, p.seq, p.tail0, p.tail_rows, p.hq, static_cast<T*>(p.out));
-    DHSA_CUDA_RETURN(cudaGetLastError(), op, "MergeSplitsKernel");
+    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T>, batch * p.hq * p.tail_rows, std::min(dim, 256), 0, stream,
+                                  p.part_o, p.part_ml, p.splits, dim, p.seq, p.tail0, p.tail_rows, p.hq,
+                                  static_cast<T*>(p.out)),
+                     op, "MergeSplitsKernel");
   }
   return Status::Ok();
 }
@@ -836,9 +876,9 @@ struct Launch {
     if (dim > 1024) return Status::Error("DhsaSparseAttention: head dim above 1024 is not supported on CUDA");
     const int warps_per_cta = 4;
     const int64_t rows = static_cast<int64_t>(p.hq) * p.seq;
-    RowKernel<T><<<dim3(static_cast<unsigned>((rows + warps_per_cta - 1) / warps_per_cta), batch),
-                   warps_per_cta * 32, 0, stream>>>(p, dim);
-    return CudaStatus(cudaGetLastError(), kSparseAttention, "RowKernel");
+    return CudaStatus(LaunchKernel(RowKernel<T>, dim3(static_cast<unsigned>((rows + warps_per_cta - 1) / warps_per_cta), batch),
+                                   warps_per_cta * 32, 0, stream, p, dim),
+                      kSparseAttention, "RowKernel");
   }
 };
 

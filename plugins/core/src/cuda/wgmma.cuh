@@ -27,6 +27,12 @@ __device__ __forceinline__ uint64_t WgmmaDesc(uint32_t addr, uint32_t lbo, uint3
          (static_cast<uint64_t>((sbo >> 4) & 0x3fff) << 32) | (1ull << 62);
 }
 
+// The descriptor of the operand `bytes` (a multiple of 16) further on. Shared addresses stay below
+// 256 KB, so the 14-bit address field never carries into the rest: one 32-bit add on the low word.
+__device__ __forceinline__ uint64_t WgmmaDescAdd(uint64_t desc, uint32_t bytes) {
+  return (desc & 0xffffffff00000000ull) | static_cast<uint32_t>(static_cast<uint32_t>(desc) + (bytes >> 4));
+}
+
 __device__ __forceinline__ void WgmmaFence() {
 #ifdef DHSA_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
