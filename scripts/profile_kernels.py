@@ -2,6 +2,9 @@
 """Per-kernel GPU time of the DHSA pipeline (boundaries, selection, attention) from torch.profiler:
 mean over 5 runs after 3 warm-ups, gemma2-2b and llama-8b shapes, budget 2048, L = 8K / 32K / 128K.
 The breakdowns in benchmarks/NOTES.md come from this script (DHSA_CUDA_LIBRARY picks the build).
+On compute capability 9.0+ the kernels use programmatic dependent launch: a kernel may start while
+its predecessor drains and then waits for it, so a short kernel's span here includes that wait (the
+merge after the attention most visibly); bench_attention.py's per-op graphs are the figures to quote.
 
     python scripts/profile_kernels.py
 """
