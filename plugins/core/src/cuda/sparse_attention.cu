@@ -487,12 +487,11 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
 
 // Hopper kernel, warp-specialised as in FlashAttention-3. All threads copy Q, then warpgroup 0
 // gathers the selected K / V tiles with cp.async into 128-byte swizzled panels and announces each
-// through an mbarrier;
-// warpgroups 1 and 2 (64 query rows each) run QK^T with Q and K from shared memory and PV with P from
-// registers. Each issues QK(t) together with PV(t-1) and runs tile t's softmax while PV(t-1) is on
-// the tensor cores; the two run unsynchronised (making them take turns, FlashAttention-3's
-// ping-pong, measured no faster here). Stages are handed back through "empty" mbarriers: no barrier
-// spans the CTA.
+// through an mbarrier; warpgroups 1 and 2 (64 query rows each) run QK^T with Q and K from shared
+// memory and PV with P from registers. Each issues QK(t) together with PV(t-1) and runs tile t's
+// softmax while PV(t-1) is on the tensor cores; the two run unsynchronised (making them take turns,
+// FlashAttention-3's ping-pong, measured no faster here). Stages are handed back through "empty"
+// mbarriers: no barrier spans the CTA.
 template <typename T, int D, int SK, int SV>
 __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   using TL = WgmmaTiles<D, SK, SV>;
@@ -621,12 +620,13 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
       WgmmaSS<T, kBN>(s, WgmmaDescAdd(qd, (kk / 4) * kBM * 128 + (kk % 4) * 32),
                       WgmmaDescAdd(kd, (kk / 4) * kBN * 128 + (kk % 4) * 32), kk > 0);
     WgmmaCommit();
-    if constexpr (!kFirst) {
+    if constexpr (kFirst) {
+      WgmmaWait<0>();
+    } else {
       issue_pv(tile - 1);
       WgmmaCommit();
+      WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
     }
-    if constexpr (kFirst) WgmmaWait<0>();
-    else WgmmaWait<1>();  // S(tile) ready; PV(tile - 1) may still run
     WgmmaPin(s);
     int lo = kNoKey, hi = -1;
 #pragma unroll
