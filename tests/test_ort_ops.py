@@ -206,7 +206,6 @@ def test_boundaries_reject_bad_method_and_missing_scores():
                   "chunk_size * chunk_beta must be >= block_size")
 
 
-
 # In an exported layer Q is an intermediate (projection, RoPE) read by the selection and then the
 # attention: ORT should give the attention's output Q's buffer (MayInplace), and the result must not change.
 @pytest.mark.parametrize("case_id", range(3))

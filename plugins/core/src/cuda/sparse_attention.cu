@@ -116,18 +116,19 @@ struct Tiles {
 
 // wgmma kernel: 64-key tiles at D = 256, 128-key tiles below (the S accumulators fit the registers
 // there, and each QK^T instruction then reads less shared memory per MAC); SK stages of K with their
-// positions and position spans, SV of V; the pipeline's mbarriers; 1024 bytes of alignment (the
+// positions and position spans, kSV of V; the pipeline's mbarriers; 1024 bytes of alignment (the
 // swizzle atom).
-template <int D, int SK, int SV>
+template <int D, int SK>
 struct WgmmaTiles {
+  static constexpr int kSV = 2;  // measured at D = 256: 3 K + 2 V stages beat 2 K + 3 V by 4-5 %
   static constexpr int kBN = D >= 256 ? 64 : 128, kThreads = 3 * 128;  // a loading warpgroup, two MMA warpgroups
   static constexpr int kLoadWarps = 4;  // each copies kBN / 4 rows of a tile and records their position span
   // Registers per thread after setmaxnreg (128 x load + 256 x MMA <= 64512): the fewest that keep
   // the loader free of spills, the rest to the MMA warpgroups.
   static constexpr int kLoadRegs = D >= 256 ? 40 : 56, kMmaRegs = D >= 256 ? 232 : 224;
   static constexpr size_t kQBytes = size_t(kBM) * D * 2, kTileBytes = size_t(kBN) * D * 2;
-  static constexpr size_t kSmem = 1024 + kQBytes + (SK + SV) * kTileBytes + SK * (kBN + 2 * kLoadWarps) * sizeof(int) +
-                                  (1 + 2 * SK + 2 * SV) * sizeof(uint64_t);
+  static constexpr size_t kSmem = 1024 + kQBytes + (SK + kSV) * kTileBytes + SK * (kBN + 2 * kLoadWarps) * sizeof(int) +
+                                  (1 + 2 * SK + 2 * kSV) * sizeof(uint64_t);
 };
 
 struct RowInfo {
@@ -492,10 +493,10 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
 // softmax while PV(t-1) is on the tensor cores; the two run unsynchronised (making them take turns,
 // FlashAttention-3's ping-pong, measured no faster here). Stages are handed back through "empty"
 // mbarriers: no barrier spans the CTA.
-template <typename T, int D, int SK, int SV>
+template <typename T, int D, int SK>
 __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
-  using TL = WgmmaTiles<D, SK, SV>;
-  constexpr int kBN = TL::kBN, kChunks = D / 8;
+  using TL = WgmmaTiles<D, SK>;
+  constexpr int kBN = TL::kBN, kChunks = D / 8, SV = TL::kSV;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - smem_addr(smem_raw) % 1024) % 1024;  // swizzle atoms: 1024 B
   T* q_s = reinterpret_cast<T*>(smem);
@@ -675,11 +676,11 @@ __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
   else FlashCta<T, D, BN, S>(p, true);
 }
 
-template <typename T, int D, int SK, int SV>
-__global__ void __launch_bounds__(WgmmaTiles<D, SK, SV>::kThreads, 1) WgmmaKernel(Params p) {
+template <typename T, int D, int SK>
+__global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Params p) {
   AfterPredecessor();
-  if (static_cast<int>(blockIdx.x) < p.tail_ctas) WgmmaCta<T, D, SK, SV>(p, false);
-  else WgmmaCta<T, D, SK, SV>(p, true);
+  if (static_cast<int>(blockIdx.x) < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
+  else WgmmaCta<T, D, SK>(p, true);
 }
 
 // Merge the tail's key splits: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
@@ -820,10 +821,10 @@ Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_
                        FlashKernel<T, D, BN, S>, kThreads);
 }
 
-template <typename T, int D, int SK, int SV>
+template <typename T, int D, int SK>
 Status RunWgmma(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
-  return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, WgmmaTiles<D, SK, SV>::kSmem, max_smem,
-                       WgmmaKernel<T, D, SK, SV>, WgmmaTiles<D, SK, SV>::kThreads);
+  return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, WgmmaTiles<D, SK>::kSmem, max_smem,
+                       WgmmaKernel<T, D, SK>, WgmmaTiles<D, SK>::kThreads);
 }
 
 // wgmma needs sm_90a code in this build and a compute capability 9.0 device.
@@ -847,10 +848,8 @@ Status RunTensorCore(Params p, int batch, cudaStream_t stream, void* workspace, 
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kSparseAttention, "cudaDeviceGetAttribute");
   const auto fits = [&](size_t bytes) { return bytes <= static_cast<size_t>(max_smem); };
   if (HopperPath()) {
-    // At D = 128 and 256, Q + 3 K + 2 V tiles fill the 227 KB (measured: 3 K + 2 V beat 2 K + 3 V by 4-5 %).
-    constexpr int kSV = 2, kSK = D == 64 ? 4 : 3;
-    if (fits(WgmmaTiles<D, kSK, kSV>::kSmem))
-      return RunWgmma<T, D, kSK, kSV>(p, batch, stream, workspace, ws_bytes, max_smem);
+    constexpr int kSK = D == 64 ? 4 : 3;  // at D = 128 and 256, Q + 3 K + 2 V tiles fill the 227 KB
+    if (fits(WgmmaTiles<D, kSK>::kSmem)) return RunWgmma<T, D, kSK>(p, batch, stream, workspace, ws_bytes, max_smem);
   }
   if constexpr (D == 256) {
     if (fits(Tiles<256, 32, 4>::kSmem)) return RunTiles<T, 256, 32, 4>(p, batch, stream, workspace, ws_bytes, max_smem);
