@@ -2,7 +2,8 @@
 """A representative subset of the CUDA kernels on small inputs, for compute-sanitizer (memcheck,
 racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail (one and several
 key splits), L < budget, selection over groups of query blocks (512 and 1024 threads), output in place
-of the query, cut selection in one CTA and device-wide; on Hopper both attention kernels."""
+of the query, cut scores over 16-, 32- and 64-position tiles, cut selection in one CTA (candidates in
+shared memory, and in global memory without NMS) and device-wide; on Hopper both attention kernels."""
 
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ for (b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap), wgmma in ((c,
     k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr, out=q)  # in place
     scores = torch.randn(b, seq, device="cuda")
     k_.chunk_boundaries(k, scores, "scores", block, 4, block, 4, 2, 0.0, instr)
+    k_.chunk_boundaries(k, None, "similarity", block, 4, block, 16, 0, 0.0, instr)  # widest tiled window, no NMS
 # Selection whose shared memory allows one CTA per SM (then 1024 threads): 8192 chunks, 4 blocks per CTA.
 qs, ks = torch.randn(1, 2, 16384, 64, device="cuda", dtype=torch.bfloat16), torch.randn(1, 1, 16384, 64, device="cuda",
                                                                                       dtype=torch.bfloat16)

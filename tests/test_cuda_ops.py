@@ -175,7 +175,7 @@ def test_chunk_boundaries(kernels, dtype, case_id, seed):
     c, rng, gen = _case(seed)
     _, k, _ = _qkv(c, gen, DTYPES[dtype])
     n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
-    window, radius = rng.choice([1, 2, 4]), rng.choice([0, 2, 8])
+    window, radius = rng.choice([1, 2, 4, 7, 16, 17]), rng.choice([0, 2, 8])  # 16: the widest tiled window
     common = (c.block_size, c.chunk_beta, c.block_size, window, radius)
     for method, thr in (("scores", 0.25), ("fixed", 0.0), ("similarity", 0.0)):
         scores = torch.randn(c.batch, c.seq, generator=gen, device="cuda") if method == "scores" else None

@@ -1,4 +1,4 @@
-// DhsaChunkBoundaries on the GPU: per-position cut scores (tiled over 64 positions), then the top
+// DhsaChunkBoundaries on the GPU: per-position cut scores (tiled over 16-64 positions), then the top
 // cuts among the candidates: up to 16K positions one CTA per sample radix-selects them and writes
 // them in order; longer samples take a device-wide CUB radix sort and scan each.
 #include <cub/block/block_scan.cuh>
@@ -15,44 +15,54 @@ namespace cuda {
 namespace {
 
 constexpr int kScoreWarps = 8;
-constexpr int kTilePositions = 64, kSliceChannels = 64, kMaxTiledWindow = 16;
+constexpr int kScoreThreads = 256, kMaxTiledWindow = 16;
 
-// Cut scores for 64 consecutive positions per CTA. Key rows are staged through shared memory in
-// 64-channel slices (16-byte loads, the next slice in flight while this one is used); a thread owns
-// 4 positions x 4 channels and slides its two windows down the rows, so a key is read ~once from
-// global memory and ~3 times from shared memory instead of 2w times.
-template <typename T>
-__global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict__ key, int heads, int seq, int dim,
-                                                             int window, float* __restrict__ scores) {
+// Cut scores for kPositions consecutive positions per CTA. Key rows are staged through shared memory
+// in slices of channels (16-byte loads, the next slice in flight while this one is used); a thread
+// owns 4 positions x 4 channels and slides its two windows down the rows, so a key is read about once
+// from global memory and ~3 times from shared memory instead of 2w times. Each CTA walks every
+// channel slice in turn, so short samples take narrow tiles (more CTAs, fewer and wider slices each):
+// at 8K, 64-position tiles left one CTA per SM walking 16 slices.
+template <typename T, int kPositions>
+__global__ void __launch_bounds__(kScoreThreads) CutScoresTiledKernel(const T* __restrict__ key, int heads, int seq,
+                                                                       int dim, FastDiv by_dim, int window,
+                                                                       float* __restrict__ scores) {
   AfterPredecessor();
+  constexpr int kQuads = kPositions / 4, kGroups = kScoreThreads / kQuads, kSliceChannels = 4 * kGroups;
   constexpr int kVec = 16 / sizeof(T), kVecsPerRow = kSliceChannels / kVec;
-  constexpr int kMaxRows = kTilePositions + 2 * kMaxTiledWindow - 1;
-  constexpr int kLoads = (kMaxRows * kVecsPerRow + 255) / 256;
+  constexpr int kMaxRows = kPositions + 2 * kMaxTiledWindow - 1;
+  constexpr int kLoads = (kMaxRows * kVecsPerRow + kScoreThreads - 1) / kScoreThreads;
+  static_assert(kGroups <= 32 || kGroups % 32 == 0, "a position quad's channel groups fill whole warps");
   __shared__ __align__(16) float rows[kMaxRows][kSliceChannels];
-  const int b = blockIdx.y, p0 = blockIdx.x * kTilePositions;
-  const int n_rows = kTilePositions + 2 * window - 1, first = p0 - window + 1, channels = heads * dim;
+  const int b = blockIdx.y, p0 = blockIdx.x * kPositions;
+  const int n_rows = kPositions + 2 * window - 1, first = p0 - window + 1, channels = heads * dim;
   uint4 buf[kLoads];
   auto load = [&](int e0) {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int x = threadIdx.x + i * 256, r = x / kVecsPerRow, e = e0 + (x % kVecsPerRow) * kVec, j = first + r;
+      const int x = threadIdx.x + i * kScoreThreads, r = x / kVecsPerRow, e = e0 + (x % kVecsPerRow) * kVec;
+      const int j = first + r;
       buf[i] = make_uint4(0, 0, 0, 0);
-      if (r < n_rows && j >= 0 && j < seq && e < channels)
-        buf[i] = *reinterpret_cast<const uint4*>(key + ((static_cast<int64_t>(b) * heads + e / dim) * seq + j) * dim +
-                                                 e % dim);
+      if (r < n_rows && j >= 0 && j < seq && e < channels) {
+        const int h = static_cast<int>(by_dim.div(e));
+        buf[i] = *reinterpret_cast<const uint4*>(key + ((static_cast<int64_t>(b) * heads + h) * seq + j) * dim +
+                                                 (e - h * dim));
+      }
     }
   };
   auto store = [&]() {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int x = threadIdx.x + i * 256, r = x / kVecsPerRow, c = (x % kVecsPerRow) * kVec;
+      const int x = threadIdx.x + i * kScoreThreads, r = x / kVecsPerRow, c = (x % kVecsPerRow) * kVec;
       if (r >= n_rows) continue;
       const T* v = reinterpret_cast<const T*>(&buf[i]);
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) rows[r][c + k] = to_float(v[k]);
+      for (int k = 0; k < kVec; k += 4)
+        *reinterpret_cast<float4*>(&rows[r][c + k]) =
+            make_float4(to_float(v[k]), to_float(v[k + 1]), to_float(v[k + 2]), to_float(v[k + 3]));
     }
   };
-  const int cg = threadIdx.x % 16, quad = threadIdx.x / 16;  // channels 4cg..4cg+3, positions p0+4quad..+3
+  const int cg = threadIdx.x % kGroups, quad = threadIdx.x / kGroups;  // channels 4cg.., positions p0+4quad..
   auto row4 = [&](int r) { return *reinterpret_cast<const float4*>(&rows[r][cg * 4]); };
   float dot[4] = {0.f, 0.f, 0.f, 0.f}, nl[4] = {0.f, 0.f, 0.f, 0.f}, nr[4] = {0.f, 0.f, 0.f, 0.f};
   load(0);
@@ -81,13 +91,39 @@ __global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict_
       nr[k] += rt.x * rt.x + rt.y * rt.y + rt.z * rt.z + rt.w * rt.w;
     }
   }
+  // Sum over the channel groups: lanes of a warp by shuffles, then (groups wider than a warp) the
+  // quad's warps through shared memory, in a fixed order.
+  constexpr int kLanes = kGroups < 32 ? kGroups : 32, kWarpsPerQuad = kGroups / kLanes;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    for (int o = 1; o < 16; o <<= 1) {  // the 16 channel groups of a position sit in one half-warp
+  for (int k = 0; k < 4; ++k)
+    for (int o = 1; o < kLanes; o <<= 1) {
       dot[k] += __shfl_xor_sync(0xffffffffu, dot[k], o);
       nl[k] += __shfl_xor_sync(0xffffffffu, nl[k], o);
       nr[k] += __shfl_xor_sync(0xffffffffu, nr[k], o);
     }
+  if constexpr (kWarpsPerQuad > 1) {
+    __shared__ float part[kScoreThreads / 32][12];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        part[warp][3 * k] = dot[k];
+        part[warp][3 * k + 1] = nl[k];
+        part[warp][3 * k + 2] = nr[k];
+      }
+    __syncthreads();
+    if (cg == 0)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        dot[k] = nl[k] = nr[k] = 0.f;
+        for (int w = 0; w < kWarpsPerQuad; ++w) {
+          const float* pw = part[quad * kWarpsPerQuad + w];
+          dot[k] += pw[3 * k], nl[k] += pw[3 * k + 1], nr[k] += pw[3 * k + 2];
+        }
+      }
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
     const int p = p0 + quad * 4 + k;
     if (cg == 0 && p < seq) {
       float out = -INFINITY;
@@ -95,6 +131,25 @@ __global__ void __launch_bounds__(256) CutScoresTiledKernel(const T* __restrict_
       scores[static_cast<int64_t>(b) * seq + p] = isnan(out) ? -INFINITY : out;
     }
   }
+}
+
+// The tiled cut-score launch: the widest tile (fewest rows read twice) whose grid still covers every
+// SM, else the narrowest (H200, gemma2-2b keys: 64 positions at 16K, 32 at 8K, 16 at 4K).
+template <typename T>
+cudaError_t LaunchCutScoresTiled(const T* key, int heads, int seq, int dim, int window, int batch, float* scores,
+                                 cudaStream_t stream) {
+  int device = 0, sms = 1;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return e;
+  const auto ctas = [&](int positions) { return int64_t{(seq + positions - 1) / positions} * batch; };
+  const auto launch = [&](auto kernel, int positions) {
+    return LaunchKernel(kernel, dim3((seq + positions - 1) / positions, batch), kScoreThreads, 0, stream, key, heads,
+                        seq, dim, FastDiv(dim), window, scores);
+  };
+  if (ctas(64) >= sms) return launch(CutScoresTiledKernel<T, 64>, 64);
+  if (ctas(32) >= sms) return launch(CutScoresTiledKernel<T, 32>, 32);
+  return launch(CutScoresTiledKernel<T, 16>, 16);
 }
 
 // Windows wider than the tiled kernel stages, and given scores: one warp per position.
@@ -136,12 +191,14 @@ __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restri
 
 // Sort key of position p of one sample: its cut score's order-preserving bits, 0 if it is no
 // candidate (not a local maximum above the threshold). Candidates rank by score, then by position.
-__device__ __forceinline__ uint32_t candidate_key(const float* __restrict__ s, int p, int seq, int radius,
-                                                  float threshold, int forced) {
-  const float v = s[p];
+// score_at(q): position q's cut score.
+template <typename ScoreAt>
+__device__ __forceinline__ uint32_t candidate_key(ScoreAt score_at, int p, int seq, int radius, float threshold,
+                                                  int forced) {
+  const float v = score_at(p);
   bool ok = isfinite(v) && v > threshold && (forced < 0 || p < forced - radius);
-  for (int q = max(0, p - radius); ok && q < p; ++q) ok = s[q] < v;
-  for (int q = p + 1; ok && q <= min(seq - 1, p + radius); ++q) ok = s[q] <= v;
+  for (int q = max(0, p - radius); q < p; ++q) ok &= score_at(q) < v;  // no early exit: the loads issue together
+  for (int q = p + 1; q <= min(seq - 1, p + radius); ++q) ok &= score_at(q) <= v;
   return ok ? orderable(v) : 0u;  // finite floats never map to 0
 }
 
@@ -158,62 +215,85 @@ __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, i
   AfterPredecessor();
   const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= seq) return;
+  const float* s = scores + static_cast<int64_t>(b) * seq;
   keys[static_cast<int64_t>(b) * seq + p] =
-      candidate_key(scores + static_cast<int64_t>(b) * seq, p, seq, radius, threshold, forced);
+      candidate_key([&](int q) { return s[q]; }, p, seq, radius, threshold, forced);
   if (b == 0) positions[p] = p;
 }
 
 constexpr int kCutThreads = 1024, kSingleCtaMaxSeq = 16384;  // measured: slower than CUB at 32K
 constexpr int kCutsPerThread = kSingleCtaMaxSeq / kCutThreads;
 
-// Short samples, one CTA each. Thread t owns positions per * t .. per * t + per - 1 (per = L / 1024
-// rounded up, at most 16), so block scans over the threads keep position order: the candidates (keys
-// held in registers) are compacted, a radix select over them finds the `take` best by (score desc,
-// position asc) — the position, inverted, in the key's low bits makes keys unique — and a second scan
-// gives each cut its slot in the row: 0, the cuts + 1 in position order, the forced instruction cut,
-// then L as padding. Replaces the device-wide sort's and scan's nine launches with one.
+// Shared-memory word of position p in SelectCutsKernel: a padding word after every 32 keeps the
+// neighbour reads of the candidate test conflict-free.
+__device__ __forceinline__ int padded(int p) { return p + (p >> 5); }
+__host__ __device__ constexpr int PaddedWords(int seq) { return seq + (seq >> 5) + 1; }
+
+// Short samples, one CTA each. Thread t tests positions t, t + 1024, ... (neighbouring threads on
+// neighbouring words of the staged scores), a block scan compacts the candidates' 64-bit keys
+// (score, inverted position: unique), a radix select over them finds the `take` best, each warp's
+// ballot turns its 32 positions' verdicts into one word of a cut bitmap, and a second scan over
+// threads owning per = L / 1024 consecutive positions (rounded up, at most 16) gives every cut its
+// slot in the row: 0, the cuts + 1 in position order, the forced instruction cut, then L as padding.
+// With NMS (radius >= 1) no two neighbours are both candidates, so at most half the positions are and
+// their keys fit over the scores in shared memory; without, they go to `spill` in global memory.
+// Replaces the device-wide sort's and scan's nine launches with one.
 __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __restrict__ scores, int seq, int radius,
                                                                  float threshold, int forced, int take, int width,
-                                                                 uint32_t* __restrict__ cand_keys,
-                                                                 int32_t* __restrict__ cand_pos,
+                                                                 uint64_t* __restrict__ spill,
                                                                  int32_t* __restrict__ out) {
   AfterPredecessor();
   using Scan = cub::BlockScan<int, kCutThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  const int per = (seq + kCutThreads - 1) / kCutThreads;
-  const int b = blockIdx.x, p0 = static_cast<int>(threadIdx.x) * per, p1 = min(seq, p0 + per);
-  const float* s = scores + static_cast<int64_t>(b) * seq;
-  uint32_t* ckey = cand_keys + static_cast<int64_t>(b) * seq;
-  int32_t* cpos = cand_pos + static_cast<int64_t>(b) * seq;
-  uint32_t key[kCutsPerThread];
+  extern __shared__ __align__(16) float s[];  // PaddedWords(seq): scores, then candidates, then the bitmap
+  const int b = blockIdx.x;
+  for (int p = threadIdx.x; p < seq; p += kCutThreads) s[padded(p)] = scores[static_cast<int64_t>(b) * seq + p];
+  __syncthreads();
+  const int pbits = seq > 1 ? 32 - __clz(seq - 1) : 1;
+  const uint32_t pmask = (1u << pbits) - 1u;
+  // A candidate's 64-bit key, from its score key (nonzero) and position.
+  auto full_key = [&](uint32_t c, int p) {
+    return (static_cast<uint64_t>(c) << pbits) | (pmask - static_cast<uint32_t>(p));
+  };
+  uint32_t key[kCutsPerThread];  // 0: no candidate
   int mine = 0;
 #pragma unroll
-  for (int i = 0; i < kCutsPerThread; ++i) {
-    key[i] = p0 + i < p1 ? candidate_key(s, p0 + i, seq, radius, threshold, forced) : 0u;
-    mine += key[i] != 0u;
+  for (int k = 0; k < kCutsPerThread; ++k) {
+    const int p = threadIdx.x + k * kCutThreads;
+    key[k] = p < seq ? candidate_key([&](int q) { return s[padded(q)]; }, p, seq, radius, threshold, forced) : 0u;
+    mine += key[k] != 0u;
   }
   int at, n;
   Scan(scan_tmp).ExclusiveSum(mine, at, n);
+  __syncthreads();  // every score is read
+  uint64_t* cand = radius > 0 ? reinterpret_cast<uint64_t*>(s) : spill + static_cast<int64_t>(b) * seq;
 #pragma unroll
-  for (int i = 0; i < kCutsPerThread; ++i)
-    if (key[i] != 0u) ckey[at] = key[i], cpos[at++] = p0 + i;
-  __syncthreads();  // the candidates are visible to the whole CTA; scan_tmp is free again
-  const int pbits = seq > 1 ? 32 - __clz(seq - 1) : 1;
-  const uint32_t pmask = (1u << pbits) - 1u;
-  auto full_key = [&](uint32_t k, int p) {
-    return (static_cast<uint64_t>(k) << pbits) | (pmask - static_cast<uint32_t>(p));
-  };
+  for (int k = 0; k < kCutsPerThread; ++k)
+    if (key[k] != 0u) cand[at++] = full_key(key[k], threadIdx.x + k * kCutThreads);
+  __syncthreads();
   int64_t rest = 0;
-  uint64_t kth = ~0ull;
-  if (take > 0 && n > 0)
-    kth = BlockRadixSelect<kCutThreads>(n, take, 32 + pbits, [&](int j) { return full_key(ckey[j], cpos[j]); },
+  uint64_t kth = ~0ull;  // no cuts to take: none is a cut
+  if (take > 0 && n > 0)  // fewer candidates than `take`: the select runs past them all (kth 0), all are cuts
+    kth = BlockRadixSelect<kCutThreads>(n, take, 32 + pbits, [&](int j) { return cand[j]; },
                                         [](int) { return int64_t{1}; }, &rest);
-  // Fewer candidates than `take`: the select runs past them all (kth 0), and every candidate is a cut.
-  uint32_t cut = 0;  // bit i: position p0 + i
+  // The candidates are done with (the select ends on a barrier): the bitmap goes over them.
+  uint32_t* bitmap = reinterpret_cast<uint32_t*>(s);
 #pragma unroll
-  for (int i = 0; i < kCutsPerThread; ++i) {
-    const uint64_t k = full_key(key[i], p0 + i);
-    if (key[i] != 0u && (k > kth || (k == kth && rest > 0))) cut |= 1u << i;
+  for (int k = 0; k < kCutsPerThread; ++k) {
+    const int p = threadIdx.x + k * kCutThreads;  // a warp covers positions 32w .. 32w + 31 of row k
+    const uint64_t fk = full_key(key[k], p);
+    const bool is_cut = key[k] != 0u && (fk > kth || (fk == kth && rest > 0));
+    const unsigned word = __ballot_sync(0xffffffffu, is_cut);
+    if (p < seq && threadIdx.x % 32 == 0) bitmap[p / 32] = word;
+  }
+  __syncthreads();
+  const int per = (seq + kCutThreads - 1) / kCutThreads;
+  const int p0 = static_cast<int>(threadIdx.x) * per, p1 = min(seq, p0 + per);
+  uint32_t cut = 0;  // bit i: position p0 + i
+  if (p0 < p1) {
+    const uint64_t pair = static_cast<uint64_t>(bitmap[p0 / 32]) |
+                          (p0 / 32 + 1 < (seq + 31) / 32 ? static_cast<uint64_t>(bitmap[p0 / 32 + 1]) << 32 : 0ull);
+    cut = static_cast<uint32_t>(pair >> (p0 % 32)) & (p1 - p0 >= 32 ? ~0u : (1u << (p1 - p0)) - 1u);
   }
   int slot, cuts;
   Scan(scan_tmp).ExclusiveSum(__popc(cut), slot, cuts);
@@ -284,8 +364,7 @@ struct Launch {
     const T* k_data = static_cast<const T*>(key.data);
     const int heads = static_cast<int>(key.h), dim = static_cast<int>(key.d), window = static_cast<int>(a.window);
     DHSA_CUDA_RETURN(
-        tiled ? LaunchKernel(CutScoresTiledKernel<T>, dim3((seq + kTilePositions - 1) / kTilePositions, batch), 256, 0,
-                             stream, k_data, heads, seq, dim, window, cut)
+        tiled ? LaunchCutScoresTiled(k_data, heads, seq, dim, window, batch, cut, stream)
               : LaunchKernel(CutScoresKernel<T>, dim3((seq + kScoreWarps - 1) / kScoreWarps, batch), kScoreWarps * 32,
                              0, stream, k_data, a.method == BoundaryMethod::kScores ? scores : nullptr, heads, seq, dim,
                              window, cut),
@@ -293,14 +372,18 @@ struct Launch {
     const int64_t tail = std::min<int64_t>(a.instruction_tokens, key.l);
     const int forced = (tail > 0 && tail < key.l && n >= 2) ? static_cast<int>(key.l - tail - 1) : -1;
     const int take = static_cast<int>(std::max<int64_t>(0, n - 1 - (forced >= 0 ? 1 : 0)));
-    uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
-    int32_t* positions = ws.take<int32_t>(key.b * key.l);
     if (seq <= kSingleCtaMaxSeq) {
-      return CudaStatus(LaunchKernel(SelectCutsKernel, batch, kCutThreads, 0, stream, cut, seq,
-                                     static_cast<int>(a.nms_radius), a.threshold, forced, take, width, keys,
-                                     positions, out),
+      const size_t smem = sizeof(float) * PaddedWords(seq);
+      DHSA_CUDA_RETURN(
+          cudaFuncSetAttribute(SelectCutsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          op, "cudaFuncSetAttribute");
+      uint64_t* spill = ws.take<uint64_t>(key.b * key.l);
+      return CudaStatus(LaunchKernel(SelectCutsKernel, batch, kCutThreads, smem, stream, cut, seq,
+                                     static_cast<int>(a.nms_radius), a.threshold, forced, take, width, spill, out),
                         op, "SelectCutsKernel");
     }
+    uint32_t* keys = ws.take<uint32_t>(key.b * key.l);
+    int32_t* positions = ws.take<int32_t>(key.b * key.l);
     uint32_t* sorted_keys = ws.take<uint32_t>(key.l);
     int32_t* sorted_pos = ws.take<int32_t>(key.l);
     int32_t* flags = ws.take<int32_t>(key.l);

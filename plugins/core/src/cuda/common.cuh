@@ -89,6 +89,19 @@ cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_
   return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
 }
 
+// n / d for a divisor fixed at launch and 0 <= n < 2^31, by a multiply-high and a shift (Granlund
+// and Montgomery): a 32-bit integer division is a long instruction sequence on the GPU.
+struct FastDiv {
+  uint32_t d = 1, m = 0, s = 0;
+  FastDiv() = default;
+  explicit FastDiv(uint32_t divisor) : d(divisor) {
+    if (d <= 1) return;
+    while ((1u << s) < d) ++s;  // ceil(log2 d)
+    m = static_cast<uint32_t>(((uint64_t{1} << (31 + s)) + d - 1) / d);
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return d <= 1 ? n : __umulhi(n, m) >> (s - 1); }
+};
+
 // Order-preserving map of a float to uint32 (larger float -> larger key).
 __device__ __forceinline__ uint32_t orderable(float f) {
   const uint32_t u = __float_as_uint(f);

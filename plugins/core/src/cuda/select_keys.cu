@@ -5,6 +5,8 @@
 // for representations and O(B * nQB * Nb) for the output; nothing L-wide per block.
 #include <cub/block/block_scan.cuh>
 
+#include <type_traits>
+
 #include "common.cuh"
 #include "dhsa/cuda.h"
 
@@ -19,24 +21,32 @@ constexpr int kRepThreads = 512;
 
 // Column sums of n_rows rows of dim elements (row_at(x): the row's first element) in float64: a
 // thread adds kVec-element vectors (16 bytes, or single elements for odd head dims / unaligned
-// data) of every parts-th row, then the parts are added in shared memory; emit(d, sum) per column.
+// data) of every parts-th row, kBatch loads in flight (a loop of unknown trip count otherwise
+// waits for each load before the next), then the parts are added in shared memory; emit(d, sum)
+// per column.
 template <typename T, int kVec, typename RowAt, typename Emit>
 __device__ __forceinline__ void SumRows(int n_rows, int dim, RowAt row_at, Emit emit) {
   static_assert(kVec == 1 || kVec * sizeof(T) == 16, "a vector is one element or 16 bytes");
+  constexpr int kBatch = 4;
   extern __shared__ double part_sums[];  // (parts, dim)
   const int vecs = dim / kVec, parts = kRepThreads / vecs, part = threadIdx.x / vecs, d0 = (threadIdx.x % vecs) * kVec;
   double acc[kVec];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) acc[k] = 0.0;
   if (part < parts) {
-#pragma unroll 8
-    for (int x = part; x < n_rows; x += parts) {
-      const T* src = row_at(x) + d0;
-      T v[kVec];
-      if constexpr (kVec == 1) v[0] = *src;
-      else *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(src);
+    using Load = std::conditional_t<kVec == 1, T, uint4>;
+    for (int x0 = part; x0 < n_rows; x0 += kBatch * parts) {
+      Load v[kBatch];
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) acc[k] += to_float(v[k]);
+      for (int j = 0; j < kBatch; ++j)
+        if (x0 + j * parts < n_rows) v[j] = *reinterpret_cast<const Load*>(row_at(x0 + j * parts) + d0);
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        if (x0 + j * parts < n_rows) {
+          const T* e = reinterpret_cast<const T*>(&v[j]);
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) acc[k] += to_float(e[k]);
+        }
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) part_sums[part * dim + d0 + k] = acc[k];
@@ -49,18 +59,26 @@ __device__ __forceinline__ void SumRows(int n_rows, int dim, RowAt row_at, Emit 
   }
 }
 
+// Row x of the (position, head) rows from position s on: position s + x / heads, head x % heads.
+template <typename T>
+__device__ __forceinline__ const T* head_row(const T* __restrict__ t, int b, int heads, FastDiv by_heads, int seq,
+                                             int dim, int s, int x) {
+  const int p = static_cast<int>(by_heads.div(x));
+  return t + ((static_cast<int64_t>(b) * heads + x - p * heads) * seq + s + p) * dim;
+}
+
 // k_c = sum over the chunk of head-averaged keys / sqrt(|c|), float64 accumulation (no cancellation).
 // Stored transposed, (B, D, N4) with rows padded to N4 = N rounded up to 4: the scoring threads,
 // four chunks each, then read consecutive 16-byte vectors.
 template <typename T, int kVec>
-__device__ __forceinline__ void ChunkReps(const T* __restrict__ key, const int32_t* __restrict__ bd, int heads, int seq,
-                                          int dim, int n_plus_1, float* __restrict__ reps, int c) {
+__device__ __forceinline__ void ChunkReps(const T* __restrict__ key, const int32_t* __restrict__ bd, int heads,
+                                          FastDiv by_heads, int seq, int dim, int n_plus_1, float* __restrict__ reps,
+                                          int c) {
   const int b = blockIdx.y;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
   const int s = clampi(row[c], 0, seq), len = clampi(row[c + 1], s, seq) - s;
   SumRows<T, kVec>(
-      len * heads, dim,
-      [&](int x) { return key + ((static_cast<int64_t>(b) * heads + x / len) * seq + s + x % len) * dim; },
+      len * heads, dim, [&](int x) { return head_row(key, b, heads, by_heads, seq, dim, s, x); },
       [&](int d, double sum) {
         reps[(static_cast<int64_t>(b) * dim + d) * pad4(n_plus_1 - 1) + c] =
             len > 0 ? static_cast<float>(sum / heads / sqrt(static_cast<double>(len))) : 0.f;
@@ -81,18 +99,14 @@ __host__ __device__ constexpr int QueryRepParts(int64_t blocks) {
 
 // Part p of sum over the block's sparse queries and all query heads, in float64: (B, nQB, parts, D).
 template <typename T, int kVec>
-__device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads, int seq, int dim, int block,
-                                          int tail0, int nqb, int parts, double* __restrict__ sums, int x) {
+__device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads, FastDiv by_heads, int seq, int dim,
+                                          int block, int tail0, int nqb, int parts, double* __restrict__ sums, int x) {
   const int i = x / parts, part = x % parts, b = blockIdx.y;
   const int s = i * block, rows = sparse_queries(i, block, tail0) * heads;
   const int x0 = static_cast<int>(static_cast<int64_t>(rows) * part / parts);
   const int x1 = static_cast<int>(static_cast<int64_t>(rows) * (part + 1) / parts);
   SumRows<T, kVec>(
-      x1 - x0, dim,
-      [&](int x) {
-        x += x0;
-        return query + ((static_cast<int64_t>(b) * heads + x % heads) * seq + s + x / heads) * dim;
-      },
+      x1 - x0, dim, [&](int x) { return head_row(query, b, heads, by_heads, seq, dim, s, x0 + x); },
       [&](int d, double sum) { sums[((static_cast<int64_t>(b) * nqb + i) * parts + part) * dim + d] = sum; });
 }
 
@@ -101,14 +115,32 @@ __device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads
 // short L.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kRepThreads) RepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd,
-                                                          int kv_heads, int n_plus_1, float* __restrict__ kreps,
-                                                          const T* __restrict__ query, int q_heads, int block,
+                                                          int kv_heads, FastDiv by_kv_heads, int n_plus_1,
+                                                          float* __restrict__ kreps, const T* __restrict__ query,
+                                                          int q_heads, FastDiv by_q_heads, int block,
                                                           int tail0, int nqb, int parts, double* __restrict__ qsums,
                                                           int seq, int dim) {
   AfterPredecessor();
   const int x = static_cast<int>(blockIdx.x), chunks = n_plus_1 - 1;
-  if (x < chunks) ChunkReps<T, kVec>(key, bd, kv_heads, seq, dim, n_plus_1, kreps, x);
-  else QueryReps<T, kVec>(query, q_heads, seq, dim, block, tail0, nqb, parts, qsums, x - chunks);
+  if (x < chunks) ChunkReps<T, kVec>(key, bd, kv_heads, by_kv_heads, seq, dim, n_plus_1, kreps, x);
+  else QueryReps<T, kVec>(query, q_heads, by_q_heads, seq, dim, block, tail0, nqb, parts, qsums, x - chunks);
+}
+
+// The first i in [0, n) with row[i] > x (n if none) for ascending row, by the whole warp: each step
+// probes 32 evenly spaced entries and keeps the gap where row first exceeds x.
+__device__ __forceinline__ int WarpUpperBound(const int32_t* __restrict__ row, int n, int x) {
+  const int lane = threadIdx.x % 32;
+  int lo = 0, hi = n;  // the answer lies in [lo, hi]
+  while (true) {
+    const int step = (hi - lo + 30) / 31;  // lane 31 probes at or past hi
+    const int m = lo + lane * step;
+    const unsigned above = __ballot_sync(0xffffffffu, m >= hi || row[m] > x);
+    const int f = __ffs(static_cast<int>(above)) - 1;  // lane 31 always votes
+    if (step <= 1) return min(lo + f, hi);
+    if (f == 0) return lo;
+    hi = min(hi, lo + f * step);
+    lo += (f - 1) * step + 1;
+  }
 }
 
 // Query blocks i0 .. i0 + G - 1 (G = kGroup): score the union of their free chunk ranges once, then
@@ -139,23 +171,14 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
     return Range{lo, hi, lo + static_cast<int>(a.global_tokens), hi - static_cast<int>(a.local_tokens),
                  hi - lo > budget};
   };
-  if (threadIdx.x < groups) {  // the chunks holding f0 and f1 - 1 (upper_bound - 1)
-    int c0 = n, c1 = -1;       // empty range: dense blocks score nothing
-    const Range rg = range_of(i0 + threadIdx.x);
-    if (rg.sparse) {
-      auto upper = [&](int x) {
-        int lo = 0, hi = n_plus_1;
-        while (lo < hi) {
-          const int m = (lo + hi) / 2;
-          if (row[m] <= x) lo = m + 1; else hi = m;
-        }
-        return clampi(lo - 1, 0, n - 1);
-      };
-      c0 = upper(rg.f0);
-      c1 = upper(rg.f1 - 1);
-    }
-    c0_s[threadIdx.x] = c0;
-    c1_s[threadIdx.x] = c1;
+  // The chunks holding f0 and f1 - 1, one warp per search (a 32-way search: a binary one was ten
+  // dependent loads that every other thread waited for).
+  static_assert(kThreads / 32 >= 2 * kGroup, "a warp per boundary search");
+  if (const int warp = threadIdx.x / 32; warp < 2 * groups) {
+    const Range rg = range_of(i0 + warp / 2);
+    int c = warp % 2 ? -1 : n;  // empty range: dense blocks score nothing
+    if (rg.sparse) c = clampi(WarpUpperBound(row, n_plus_1, warp % 2 ? rg.f1 - 1 : rg.f0) - 1, 0, n - 1);
+    if (threadIdx.x % 32 == 0) (warp % 2 ? c1_s : c0_s)[warp / 2] = c;
   }
   __syncthreads();
   int u0 = n, u1 = -1;
@@ -175,10 +198,10 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   }
   __syncthreads();
   // Four chunks per group of tpq threads from the aligned chunk at or below u0, each thread of a
-  // group summing every tpq-th 8-dim slice (16-byte loads, 8 in flight), then a shuffle reduction:
-  // few CTAs fit per SM and latency, not bandwidth, bounds this loop, so when the range is short
-  // (short L) up to 8 threads share a quad instead of most threads idling. Short L runs 1 or 2 blocks
-  // per CTA; the wider groups keep one thread per quad (and their registers).
+  // group summing every tpq-th slice of dims (16-byte loads in batches of 16, or 8 for wider groups),
+  // then a shuffle reduction: few CTAs fit per SM and latency, not bandwidth, bounds this loop, so
+  // when the range is short (short L) up to 8 threads share a quad instead of most threads idling.
+  // Short L runs 1 or 2 blocks per CTA; the wider groups keep one thread per quad (and their registers).
   const int n4 = pad4(n), c_first = u0 & ~3, quads = u1 >= c_first ? (u1 - c_first) / 4 + 1 : 0;
   int tpq = 1;
   if constexpr (kGroup <= 2)
@@ -190,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
     float acc[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = 0.f;
-    constexpr int kUnroll = 8;
+    constexpr int kUnroll = kGroup <= 2 ? 16 : 8;  // loads in flight; wider groups need the registers
     auto fma4 = [&](int dd, float4 k) {
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
@@ -285,10 +308,12 @@ Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const 
   const size_t smem = static_cast<size_t>(kRepThreads / (dim / kVec)) * dim * sizeof(double);
   const unsigned ctas = static_cast<unsigned>(n_plus_1 - 1 + int64_t{nqb} * q_parts);
   return CudaStatus(LaunchKernel(RepsKernel<T, kVec>, dim3(ctas, batch), kRepThreads, smem, stream,
-                                 static_cast<const T*>(k.data), bd, static_cast<int>(k.h), static_cast<int>(n_plus_1),
-                                 kreps, static_cast<const T*>(q.data), static_cast<int>(q.h),
-                                 static_cast<int>(a.block_size), static_cast<int>(tail_start(q.l, a.instruction_tokens)),
-                                 nqb, q_parts, qsums, seq, dim),
+                                 static_cast<const T*>(k.data), bd, static_cast<int>(k.h),
+                                 FastDiv(static_cast<uint32_t>(k.h)), static_cast<int>(n_plus_1), kreps,
+                                 static_cast<const T*>(q.data), static_cast<int>(q.h),
+                                 FastDiv(static_cast<uint32_t>(q.h)), static_cast<int>(a.block_size),
+                                 static_cast<int>(tail_start(q.l, a.instruction_tokens)), nqb, q_parts, qsums, seq,
+                                 dim),
                     kSelectKeys, "RepsKernel");
 }
 
@@ -313,7 +338,8 @@ Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kr
 
 // Threads per selection CTA. Its loops are latency-bound, so warps help: 512 threads, or 1024 when
 // shared memory lets only one CTA live on an SM (measured on the H200: at 128K 0.98 ms with 256
-// threads, 0.80 with 512, 0.69 with 1024; at 32K 512 beat 1024, which halves the CTAs per SM).
+// threads, 0.80 with 512, 0.69 with 1024; at 32K 512 beat 1024, which halves the CTAs per SM; at 8K,
+// 64 CTAs, 1024 threads were slower too).
 template <int kGroup>
 Status LaunchSelectSized(bool lone_cta, const double* qsums, int q_parts, int heads, const float* kreps_t,
                          const int32_t* bd, int n_plus_1, int seq, int dim, int nqb, int batch,
