@@ -138,10 +138,8 @@ __global__ void __launch_bounds__(kScoreThreads) CutScoresTiledKernel(const T* _
 template <typename T>
 cudaError_t LaunchCutScoresTiled(const T* key, int heads, int seq, int dim, int window, int batch, float* scores,
                                  cudaStream_t stream) {
-  int device = 0, sms = 1;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e != cudaSuccess) return e;
+  int sms = 1;
+  if (const cudaError_t e = DeviceAttribute(cudaDevAttrMultiProcessorCount, &sms); e != cudaSuccess) return e;
   const auto ctas = [&](int positions) { return int64_t{(seq + positions - 1) / positions} * batch; };
   const auto launch = [&](auto kernel, int positions) {
     return LaunchKernel(kernel, dim3((seq + positions - 1) / positions, batch), kScoreThreads, 0, stream, key, heads,

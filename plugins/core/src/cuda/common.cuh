@@ -41,11 +41,16 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 inline std::atomic<int> g_shared_memory_cap{0};  // SetSharedMemoryLimit
 inline std::atomic<bool> g_hopper_kernels{true};  // UseHopperKernels
 
+// An attribute of the current device.
+inline cudaError_t DeviceAttribute(cudaDeviceAttr attr, int* value) {
+  int device = 0;
+  const cudaError_t e = cudaGetDevice(&device);
+  return e == cudaSuccess ? cudaDeviceGetAttribute(value, attr, device) : e;
+}
+
 // Opt-in shared memory per block on the current device, under the SetSharedMemoryLimit cap.
 inline cudaError_t MaxSharedMemoryPerBlock(int* bytes) {
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const cudaError_t e = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, bytes);
   const int cap = g_shared_memory_cap.load();
   if (e == cudaSuccess && cap > 0 && cap < *bytes) *bytes = cap;
   return e;
@@ -66,9 +71,8 @@ __device__ __forceinline__ void AfterPredecessor() {
 }
 
 inline bool ProgrammaticLaunch() {
-  int device = 0, major = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
+  int major = 0;
+  return DeviceAttribute(cudaDevAttrComputeCapabilityMajor, &major) == cudaSuccess && major >= 9;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch where the GPU

@@ -358,11 +358,10 @@ struct Launch {
     const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
     const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
     const int n = static_cast<int>(n_plus_1 - 1);
-    int max_smem = 0, device = 0, sms = 1, sm_smem = 0;
+    int max_smem = 0, sms = 1, sm_smem = 0;
     DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), op, "cudaDeviceGetAttribute");
-    DHSA_CUDA_RETURN(cudaGetDevice(&device), op, "cudaGetDevice");
-    DHSA_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), op, "cudaDeviceGetAttribute");
-    DHSA_CUDA_RETURN(cudaDeviceGetAttribute(&sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device), op,
+    DHSA_CUDA_RETURN(DeviceAttribute(cudaDevAttrMultiProcessorCount, &sms), op, "cudaDeviceGetAttribute");
+    DHSA_CUDA_RETURN(DeviceAttribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor, &sm_smem), op,
                      "cudaDeviceGetAttribute");
     constexpr size_t kStatic = 6144;  // scan + radix-select scratch (5.3 KB with 1024 threads)
     if (SelectSmem(1, n, dim) + kStatic > static_cast<size_t>(max_smem))

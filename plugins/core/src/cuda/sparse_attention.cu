@@ -830,10 +830,9 @@ Status RunWgmma(Params p, int batch, cudaStream_t stream, void* workspace, size_
 // wgmma needs sm_90a code in this build and a compute capability 9.0 device.
 bool HopperPath() {
 #ifdef DHSA_HAS_SM90A
-  int device = 0, major = 0, minor = 0;
-  if (!g_hopper_kernels.load() || cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+  int major = 0, minor = 0;
+  if (!g_hopper_kernels.load() || DeviceAttribute(cudaDevAttrComputeCapabilityMajor, &major) != cudaSuccess ||
+      DeviceAttribute(cudaDevAttrComputeCapabilityMinor, &minor) != cudaSuccess)
     return false;
   return major == 9 && minor == 0;
 #else
@@ -877,9 +876,9 @@ struct Launch {
     if (dim > 1024) return Status::Error("DhsaSparseAttention: head dim above 1024 is not supported on CUDA");
     const int warps_per_cta = 4;
     const int64_t rows = static_cast<int64_t>(p.hq) * p.seq;
-    return CudaStatus(LaunchKernel(RowKernel<T>, dim3(static_cast<unsigned>((rows + warps_per_cta - 1) / warps_per_cta), batch),
-                                   warps_per_cta * 32, 0, stream, p, dim),
-                      kSparseAttention, "RowKernel");
+    const dim3 grid(static_cast<unsigned>((rows + warps_per_cta - 1) / warps_per_cta), batch);
+    return CudaStatus(LaunchKernel(RowKernel<T>, grid, warps_per_cta * 32, 0, stream, p, dim), kSparseAttention,
+                      "RowKernel");
   }
 };
 
