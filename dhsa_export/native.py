@@ -80,8 +80,8 @@ class CudaKernels:
         self.lib.dhsa_cuda_set_shared_memory_limit(int(nbytes))
 
     def use_hopper_kernels(self, enabled: bool) -> None:
-        """On a Hopper GPU, take the wgmma attention kernel (default) or the portable mma.sync one
-        other GPUs run (to test that path here)."""
+        """On a Hopper GPU, take the Hopper paths (default: the wgmma attention kernel, thread block
+        clusters in boundary and key selection) or the portable ones other GPUs run (to test those here)."""
         self.lib.dhsa_cuda_use_hopper_kernels(int(bool(enabled)))
 
     def attention_kernel(self) -> str:

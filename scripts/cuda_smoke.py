@@ -3,7 +3,8 @@
 racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail (one and several
 key splits), L < budget, selection over groups of query blocks (512 and 1024 threads), output in place
 of the query, cut scores over 16-, 32- and 64-position tiles, cut selection in one CTA (candidates in
-shared memory, and in global memory without NMS) and device-wide; on Hopper both attention kernels."""
+shared memory, and in global memory without NMS) and device-wide; on Hopper both attention kernels,
+and cut selection and selection both in clusters of CTAs and without."""
 
 import sys
 from pathlib import Path
@@ -44,8 +45,10 @@ for (b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap), wgmma in ((c,
 qs, ks = torch.randn(1, 2, 16384, 64, device="cuda", dtype=torch.bfloat16), torch.randn(1, 1, 16384, 64, device="cuda",
                                                                                       dtype=torch.bfloat16)
 k_.select_keys(qs, ks, k_.chunk_boundaries(ks, None, "fixed", 16, 8, 2, 4, 2, 0.0, 16), 16, 256, 16, 16, 0, 16)
-# Cut selection past one CTA's range (device-wide sort and scan).
-k_.chunk_boundaries(torch.randn(2, 1, 40000, 64, device="cuda", dtype=torch.bfloat16), None, "similarity", 64, 4, 64,
-                    4, 2, 0.0, 16)
+# Cut selection past one CTA's range: a cluster of 8 CTAs per sample on Hopper, else a device-wide sort and scan.
+k40 = torch.randn(2, 1, 40000, 64, device="cuda", dtype=torch.bfloat16)
+for clusters in hopper:
+    k_.use_hopper_kernels(clusters)
+    k_.chunk_boundaries(k40, None, "similarity", 64, 4, 64, 4, 2, 0.0, 16)
 torch.cuda.synchronize()
 print("cuda_smoke: ok")

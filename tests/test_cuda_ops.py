@@ -156,6 +156,10 @@ def _check_sparse_attention(kernels, dtype, seed, dims=(64, 128, 256, 96), in_pl
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("case_id", range(N_CASES))
 def test_select_keys(kernels, dtype, case_id, seed):
+    _check_select_keys(kernels, dtype, seed)
+
+
+def _check_select_keys(kernels, dtype, seed):
     c, rng, gen = _case(seed)
     q, k, _ = _qkv(c, gen, DTYPES[dtype])
     bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta), "cuda")
@@ -172,6 +176,10 @@ def test_select_keys(kernels, dtype, case_id, seed):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("case_id", range(N_CASES))
 def test_chunk_boundaries(kernels, dtype, case_id, seed):
+    _check_chunk_boundaries(kernels, dtype, seed)
+
+
+def _check_chunk_boundaries(kernels, dtype, seed):
     c, rng, gen = _case(seed)
     _, k, _ = _qkv(c, gen, DTYPES[dtype])
     n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
@@ -189,12 +197,31 @@ def test_chunk_boundaries(kernels, dtype, case_id, seed):
             np.testing.assert_array_equal(out.cpu().numpy(), ref.cpu().numpy(), err_msg=method)
 
 
-# Cut selection takes one CTA per sample up to 16K positions and a device-wide sort beyond: both
-# sides of the switch, batch 2, with more candidates than cuts (threshold 0) and fewer (high thresholds:
-# similarity scores of random keys sit near 1, uniform scores above 0.995 are 0.5 % of positions).
-@pytest.mark.parametrize("seq", [9001, 16384, 16385, 40000])
+# Hopper GPUs select cuts and keys with clusters of CTAs where other GPUs use one CTA: the portable
+# path, on the same random cases.
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(20))
+def test_boundaries_and_selection_without_clusters(portable, dtype, case_id, seed):
+    _check_chunk_boundaries(portable, dtype, seed)
+    _check_select_keys(portable, dtype, seed)
+
+
+# Cut selection takes one CTA per sample up to 16K positions (a cluster of 8 on Hopper: up to 128K)
+# and a device-wide sort beyond: both sides of each switch, batch 2, with more candidates than cuts
+# (threshold 0) and fewer (high thresholds: similarity scores of random keys sit near 1, uniform
+# scores above 0.995 are 0.5 % of positions).
+@pytest.mark.parametrize("seq,clusters", [(9001, True), (40000, True), (131072, True), (131073, True),
+                                          (9001, False), (16384, False), (16385, False), (40000, False)])
 @pytest.mark.parametrize("few", [False, True])
-def test_chunk_boundaries_long(kernels, seq, few, seed):
+def test_chunk_boundaries_long(kernels, seq, clusters, few, seed):
+    kernels.use_hopper_kernels(clusters)
+    try:
+        _check_long_boundaries(kernels, seq, few, seed)
+    finally:
+        kernels.use_hopper_kernels(True)
+
+
+def _check_long_boundaries(kernels, seq, few, seed):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     k = torch.randn(2, 2, seq, 64, generator=gen, device="cuda", dtype=torch.bfloat16)
     scores = torch.rand(2, seq, generator=gen, device="cuda")

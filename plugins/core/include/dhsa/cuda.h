@@ -30,7 +30,9 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
 // can run the kernel configurations chosen for parts with less (tests).
 void SetSharedMemoryLimit(int bytes);
 
-// Lets Hopper GPUs take the portable (mma.sync) attention kernels instead of wgmma (tests; default on).
+// Lets Hopper GPUs take the portable paths other GPUs run (tests; default on): the mma.sync attention
+// kernel instead of wgmma, and one CTA per sample or block instead of a cluster in the boundary and key
+// selection.
 void UseHopperKernels(bool enabled);
 // The attention kernel SparseAttention launches for 16-bit inputs on the current device.
 const char* AttentionKernelName();

@@ -75,23 +75,73 @@ inline bool ProgrammaticLaunch() {
   return DeviceAttribute(cudaDevAttrComputeCapabilityMajor, &major) == cudaSuccess && major >= 9;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch where the GPU
-// has it; `kernel` must begin with AfterPredecessor().
+// kernel<<<grid, block, smem, stream>>>(args...) in clusters of `cluster` consecutive CTAs along x
+// (1: none; more needs ClusterLaunch()), with programmatic dependent launch where the GPU has it;
+// `kernel` must begin with AfterPredecessor().
 template <typename... Params, typename... Args>
-cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                         Args... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+cudaError_t LaunchClustered(unsigned cluster, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                            cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attrs[2]{};
+  unsigned n = 0;
+  if (ProgrammaticLaunch()) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    attrs[n].id = cudaLaunchAttributeClusterDimension;
+    attrs[n++].val.clusterDim = {cluster, 1, 1};
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  config.attrs = &attr;
-  config.numAttrs = ProgrammaticLaunch() ? 1 : 0;
+  config.attrs = attrs;
+  config.numAttrs = n;
   return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
 }
+
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                         Args... args) {
+  return LaunchClustered(1, kernel, grid, block, smem, stream, args...);
+}
+
+// Thread block clusters (compute capability 9.0 and up, unless UseHopperKernels(false)): a cluster's
+// CTAs run at once and may access each other's shared memory. Otherwise every CTA is a cluster of one.
+inline bool ClusterLaunch() {
+  int yes = 0;
+  return g_hopper_kernels.load() && DeviceAttribute(cudaDevAttrClusterLaunch, &yes) == cudaSuccess && yes != 0;
+}
+// Cluster rank and size, the cluster-wide barrier (every thread of every CTA of the cluster; writes
+// before the arrival are visible after the wait; ClusterSync = arrive + wait) and the same
+// shared-memory variable in the cluster's CTA `rank` (a generic pointer): the CUDA runtime's
+// intrinsics from 9.0 up, below that every CTA a cluster of one.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned ClusterRank() { return __clusterRelativeBlockRank(); }
+__device__ __forceinline__ unsigned ClusterCtas() { return __clusterSizeInBlocks(); }
+__device__ __forceinline__ void ClusterArrive() { __cluster_barrier_arrive(); }
+__device__ __forceinline__ void ClusterWait() { __cluster_barrier_wait(); }
+__device__ __forceinline__ void ClusterSync() {
+  __cluster_barrier_arrive();
+  __cluster_barrier_wait();
+}
+template <typename T>
+__device__ __forceinline__ T* InClusterCta(T* p, unsigned rank) {
+  return static_cast<T*>(__cluster_map_shared_rank(p, rank));
+}
+#else
+__device__ __forceinline__ unsigned ClusterRank() { return 0; }
+__device__ __forceinline__ unsigned ClusterCtas() { return 1; }
+__device__ __forceinline__ void ClusterArrive() {}
+__device__ __forceinline__ void ClusterWait() {}
+__device__ __forceinline__ void ClusterSync() { __syncthreads(); }
+template <typename T>
+__device__ __forceinline__ T* InClusterCta(T* p, unsigned) {
+  return p;
+}
+#endif
+constexpr unsigned kMaxClusterCtas = 8;  // the portable cluster size, all our kernels use
 
 // n / d for a divisor fixed at launch and 0 <= n < 2^31, by a multiply-high and a shift (Granlund
 // and Montgomery): a 32-bit integer division is a long instruction sequence on the GPU.
@@ -116,19 +166,30 @@ __device__ __forceinline__ uint32_t orderable(float f) {
 // radix select over keys of `bits` bits (<= 64) with per-item integer weights (total < 2^32); *rest =
 // weight still to take from that item. Keys must be unique among items of positive weight. When a
 // warp's items share a digit (the leading digits of float scores nearly all do) one lane adds the
-// warp's total, else each lane adds its own.
-template <int kThreads, typename KeyAt, typename WeightAt>
+// warp's total, else each lane adds its own. When the items under the prefix found so far are
+// exactly the weight still needed, every one of them is taken and the select stops early: it then
+// returns that prefix (lower digits 0) with *rest = their total weight, which callers that take
+// keys > kth whole and min(*rest, weight) of key == kth read the same way as the exact item.
+// kCluster: the items are spread over the CTAs of a cluster (at most kMaxClusterCtas; n: this CTA's),
+// every CTA calls it with the same k and bits, and each adds up all CTAs' histograms itself
+// (double-buffered, so one cluster barrier per digit suffices) and returns the same item.
+template <int kThreads, bool kCluster = false, typename KeyAt, typename WeightAt>
 __device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
-  __shared__ unsigned hist[256];
+  static_assert(!kCluster || kThreads >= 256, "a thread per bin");
+  __shared__ unsigned hist_s[kCluster ? 2 : 1][256], total_s[kCluster ? 256 : 1];
+  const unsigned ranks = kCluster ? ClusterCtas() : 1;
   __shared__ uint64_t prefix_s;
   __shared__ int64_t k_s;
+  __shared__ bool done_s;
   if (threadIdx.x == 0) {
     prefix_s = 0;
     k_s = k;
+    done_s = false;
   }
   __syncthreads();
   uint64_t mask = 0;
   for (int digit = (bits - 1) / 8; digit >= 0; --digit) {
+    unsigned* hist = hist_s[kCluster ? digit % 2 : 0];
     for (int i = threadIdx.x; i < 256; i += kThreads) hist[i] = 0;
     __syncthreads();
     const uint64_t prefix = prefix_s;
@@ -149,6 +210,18 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, W
         atomicAdd(&hist[bin], w);
       }
     }
+    const unsigned* counts = hist;
+    if constexpr (kCluster) {  // bin i = thread i's sum over the CTAs, its loads all in flight at once
+      ClusterSync();
+      if (threadIdx.x < 256) {
+        unsigned sum = 0;
+#pragma unroll
+        for (unsigned r = 0; r < kMaxClusterCtas; ++r)
+          if (r < ranks) sum += InClusterCta(hist, r)[threadIdx.x];
+        total_s[threadIdx.x] = sum;
+      }
+      counts = total_s;
+    }
     __syncthreads();
     if (threadIdx.x < 32) {  // the bin where the running weight from the top reaches k: lane l owns bins 255-8l ..
       const int lane = threadIdx.x;
@@ -156,7 +229,7 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, W
       __syncwarp();  // every lane has read k_s before one of them writes it
       int64_t c[8], total = 0;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) total += (c[j] = static_cast<int64_t>(hist[255 - 8 * lane - j]));
+      for (int j = 0; j < 8; ++j) total += (c[j] = static_cast<int64_t>(counts[255 - 8 * lane - j]));
       int64_t incl = total;
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
@@ -167,20 +240,24 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, W
       if ((excl < need && need <= incl) || (lane == 31 && need > incl)) {  // past all bins: bin 0, as a scan would
         int64_t rest_need = need - excl;
         int v = 255 - 8 * lane - 7;
+        int64_t in_bin = 0;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           if (c[j] >= rest_need || 255 - 8 * lane - j == 0) {
             v = 255 - 8 * lane - j;
+            in_bin = c[j];
             break;
           }
           rest_need -= c[j];
         }
         prefix_s = prefix | (static_cast<uint64_t>(v) << (8 * digit));
         k_s = rest_need;
+        done_s = in_bin == rest_need;
       }
     }
     mask |= 0xffull << (8 * digit);
     __syncthreads();
+    if (done_s) break;
   }
   *rest = k_s;
   return prefix_s;

@@ -686,7 +686,7 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
 // Merge the tail's key splits: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 template <typename T>
 __global__ void MergeSplitsKernel(const float* __restrict__ part_o, const float* __restrict__ part_ml, int splits,
-                                  int dim, int seq, int tail0, int tail_rows, int hq, T* __restrict__ out) {
+                                  int dim, int seq, int tail0, int tail_rows, T* __restrict__ out) {
   AfterPredecessor();
   const int row = blockIdx.x;  // (b * hq + h) * tail_rows + tt
   const int tt = row % tail_rows, bh = row / tail_rows;
@@ -707,7 +707,6 @@ __global__ void MergeSplitsKernel(const float* __restrict__ part_o, const float*
     }
     dst[d] = from_float<T>(denom > 0.f ? acc / denom : 0.f);
   }
-  (void)hq;
 }
 
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
@@ -715,8 +714,6 @@ template <typename T>
 __global__ void RowKernel(Params p, int dim) {
   AfterPredecessor();
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-  const int64_t rows = static_cast<int64_t>(gridDim.y) * p.hq * p.seq;
-  (void)rows;
   const int b = blockIdx.y;
   if (warp >= p.hq * p.seq) return;
   const int hq = warp / p.seq, t = warp % p.seq, hk = hq / p.group;
@@ -808,7 +805,7 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
   }
   if (p.tail_rows > 0) {
     DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T>, batch * p.hq * p.tail_rows, std::min(dim, 256), 0, stream,
-                                  p.part_o, p.part_ml, p.splits, dim, p.seq, p.tail0, p.tail_rows, p.hq,
+                                  p.part_o, p.part_ml, p.splits, dim, p.seq, p.tail0, p.tail_rows,
                                   static_cast<T*>(p.out)),
                      op, "MergeSplitsKernel");
   }
