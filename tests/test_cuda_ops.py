@@ -210,15 +210,16 @@ def test_boundaries_and_selection_without_clusters(portable, dtype, case_id, see
 # and a device-wide sort beyond: both sides of each switch, batch 2, with more candidates than cuts
 # (threshold 0) and fewer (high thresholds: similarity scores of random keys sit near 1, uniform
 # scores above 0.995 are 0.5 % of positions).
-@pytest.mark.parametrize("seq,clusters", [(9001, True), (40000, True), (131072, True), (131073, True),
-                                          (9001, False), (16384, False), (16385, False), (40000, False)])
+@pytest.mark.parametrize("seq", [9001, 40000, 131072, 131073])
 @pytest.mark.parametrize("few", [False, True])
-def test_chunk_boundaries_long(kernels, seq, clusters, few, seed):
-    kernels.use_hopper_kernels(clusters)
-    try:
-        _check_long_boundaries(kernels, seq, few, seed)
-    finally:
-        kernels.use_hopper_kernels(True)
+def test_chunk_boundaries_long(kernels, seq, few, seed):
+    _check_long_boundaries(kernels, seq, few, seed)
+
+
+@pytest.mark.parametrize("seq", [9001, 16384, 16385, 40000])
+@pytest.mark.parametrize("few", [False, True])
+def test_chunk_boundaries_long_without_clusters(portable, seq, few, seed):
+    _check_long_boundaries(portable, seq, few, seed)
 
 
 def _check_long_boundaries(kernels, seq, few, seed):

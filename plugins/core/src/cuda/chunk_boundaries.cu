@@ -232,7 +232,7 @@ __host__ __device__ constexpr int PaddedWords(int n) { return n + (n >> 5) + 1; 
 // `radius` neighbours on either side.
 struct CutSegment {
   int lo, hi, staged0, staged1;
-  __host__ __device__ CutSegment(int seq, int radius, unsigned rank, unsigned ranks)
+  __device__ CutSegment(int seq, int radius, unsigned rank, unsigned ranks)
       : lo(static_cast<int>(int64_t{seq} * rank / ranks)), hi(static_cast<int>(int64_t{seq} * (rank + 1) / ranks)),
         staged0(lo - radius > 0 ? lo - radius : 0), staged1(hi + radius < seq ? hi + radius : seq) {}
 };
@@ -290,8 +290,9 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   __syncthreads();
   int64_t rest = 0;
   uint64_t kth = ~0ull;  // no cuts to take: none is a cut
-  if (take > 0 && (kCluster || n > 0))  // fewer candidates than `take`: kth 0, all are cuts (a cluster's
-                                         // CTAs all take part, whatever their own candidates)
+  // Fewer candidates than `take`: the select runs past them all (kth 0), all are cuts. Every CTA of a
+  // cluster takes part, whatever its own candidates.
+  if (take > 0 && (kCluster || n > 0))
     kth = BlockRadixSelect<kCutThreads, kCluster>(n, take, 32 + pbits, [&](int j) { return cand[j]; },
                                               [](int) { return int64_t{1}; }, &rest);
   // The candidates are done with (the select ends on a barrier): the bitmap goes over them.
@@ -438,7 +439,7 @@ struct Launch {
     size_t cub_bytes = CutSelectionTempBytes(seq);
     void* cub_tmp = ws.take<unsigned char>(cub_bytes);
     DHSA_CUDA_RETURN(LaunchKernel(CandidateKeysKernel, dim3((seq + 255) / 256, batch), 256, 0, stream, cut, seq,
-                                  static_cast<int>(a.nms_radius), a.threshold, forced, keys, positions),
+                                  radius, a.threshold, forced, keys, positions),
                      op, "CandidateKeysKernel");
     const int grid = (std::max(seq, width) + 255) / 256;
     for (int b = 0; b < batch; ++b) {  // prefill batches are small; each sample is a device-wide sort
