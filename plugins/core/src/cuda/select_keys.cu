@@ -255,8 +255,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
       }
   }
   if constexpr (kCluster) {  // the scores are in the first CTA, which selects alone
-    ClusterArrive();
-    ClusterWait();
+    ClusterSync();
     if (rank != 0) return;
   }
   // Key: (score, chunk) with the chunk in just enough low bits, so the select runs fewer passes.
