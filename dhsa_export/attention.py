@@ -2,7 +2,8 @@
 
 `enable_dhsa(model, config)` registers the implementation, attaches a runtime to every attention
 module and switches the model to it; no model code is copied or patched. Prefill (a forward whose
-queries are all the keys) runs the three `torch.ops.dhsa` ops; any step with a KV cache behind it
+queries are all the keys) runs the `torch.ops.dhsa` ops (boundaries, then selection and attention in
+one op, or as two where selections are shared across layers); any step with a KV cache behind it
 (decode, continuation) runs dense attention through transformers' own sdpa / eager paths.
 """
 
@@ -112,20 +113,26 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
         shared[("checked", layer_type)] = True
 
     window = int(sliding_window or 0)
+    scale = float(scaling if scaling is not None else module.head_dim**-0.5)
     selection = shared.get(("indices", layer_type)) if cfg.share_indices else None
+    out = None
     if selection is None:
         boundaries = shared.get("boundaries") if cfg.share_boundaries else None
         if boundaries is None:
             boundaries = rt.boundaries(key)
             if cfg.share_boundaries:
                 shared["boundaries"] = boundaries
-        selection = ops.select_keys(query, key, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
-                                    cfg.global_tokens, window, cfg.instruction_tokens)
         if cfg.share_indices:
+            selection = ops.select_keys(query, key, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
+                                        cfg.global_tokens, window, cfg.instruction_tokens)
             shared[("indices", layer_type)] = selection
-    scale = float(scaling if scaling is not None else module.head_dim**-0.5)
-    out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
-                               window, cfg.instruction_tokens)
+        else:  # one op: the GPU kernels overlap the selection with the attention's dense blocks
+            out = ops.select_attention(query, key, value, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
+                                       cfg.global_tokens, scale, float(softcap or 0.0), window,
+                                       cfg.instruction_tokens)
+    if out is None:
+        out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
+                                   window, cfg.instruction_tokens)
     if module.layer_idx == rt.last_layer:
         shared.clear()
     return out.transpose(1, 2).contiguous(), None

@@ -121,7 +121,8 @@ def translation_table(flavour: OpsFlavour) -> dict:
     impl = plugin_ops if flavour == "plugin" else portable_ops
     return {torch.ops.dhsa.chunk_boundaries.default: impl.chunk_boundaries,
             torch.ops.dhsa.select_keys.default: impl.select_keys,
-            torch.ops.dhsa.sparse_attention.default: impl.sparse_attention}
+            torch.ops.dhsa.sparse_attention.default: impl.sparse_attention,
+            torch.ops.dhsa.select_attention.default: impl.select_attention}
 
 
 def check_output_path(out: Path) -> None:

@@ -68,6 +68,8 @@ class CudaKernels:
                                                    p, c.c_char_p, c.c_int]
         self.lib.dhsa_cuda_sparse_attention.argtypes = [p, p, p, c.c_int, i64p, i64p, i32p, i32p, c.c_int64, i64p,
                                                         c.c_float, c.c_float, p, p, p, c.c_char_p, c.c_int]
+        self.lib.dhsa_cuda_select_attention.argtypes = [p, p, p, c.c_int, i64p, i64p, i32p, c.c_int64, i64p,
+                                                        c.c_float, c.c_float, p, p, p, c.c_char_p, c.c_int]
         self.lib.dhsa_cuda_workspace_size.argtypes = [c.c_int, i64p, i64p, c.c_int64]
         self.lib.dhsa_cuda_workspace_size.restype = c.c_int64
         self.lib.dhsa_cuda_set_shared_memory_limit.argtypes = [c.c_int]
@@ -169,14 +171,7 @@ class CudaKernels:
 
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
         indices, counts = indices.contiguous(), counts.contiguous()
-        if out is None:
-            out = torch.empty_like(query)
-        elif out.shape != query.shape or out.dtype != query.dtype or out.device != query.device \
-                or not out.is_contiguous():
-            raise DHSAError(f"out must be a contiguous {query.dtype} tensor of the query's shape {tuple(query.shape)} "
-                            f"on {query.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
-        elif out.data_ptr() != query.data_ptr() and _overlap(out, query):
-            raise DHSAError("out overlaps the query without being the query; pass the query or a separate buffer")
+        out = _output(out, query)
         err = ctypes.create_string_buffer(512)
         ws = self._workspace(2, query.shape, [sliding_window, instruction_tokens], 0, query.device)
         rc = self.lib.dhsa_cuda_sparse_attention(
@@ -186,6 +181,41 @@ class CudaKernels:
             out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
         self._check(rc, err)
         return out
+
+    def select_attention(self, query, key, value, boundaries, block_size, budget, local_tokens, global_tokens,
+                         scale, softcap, sliding_window, instruction_tokens, out=None):
+        """select_keys then sparse_attention in one launch sequence, the attention's blocks that need no
+        selection running beside it; out as in sparse_attention (may be `query` itself)."""
+        import torch
+
+        query, key, value, boundaries = query.contiguous(), key.contiguous(), value.contiguous(), boundaries.contiguous()
+        out = _output(out, query, key, value)
+        err = ctypes.create_string_buffer(512)
+        iattrs = self._i64([block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens])
+        ws = self._workspace(3, query.shape, iattrs, boundaries.shape[1], query.device)
+        rc = self.lib.dhsa_cuda_select_attention(
+            query.data_ptr(), key.data_ptr(), value.data_ptr(), self._dtype(query), self._i64(query.shape),
+            self._i64(key.shape), boundaries.data_ptr(), boundaries.shape[1], iattrs, float(scale), float(softcap),
+            out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
+        self._check(rc, err)
+        return out
+
+
+def _output(out, query, *others):
+    """The attention's output buffer: a new one, or `out` when it has the query's shape, dtype and
+    device, is contiguous, and is the query itself or overlaps none of query and others."""
+    import torch
+
+    if out is None:
+        return torch.empty_like(query)
+    if out.shape != query.shape or out.dtype != query.dtype or out.device != query.device or not out.is_contiguous():
+        raise DHSAError(f"out must be a contiguous {query.dtype} tensor of the query's shape {tuple(query.shape)} "
+                        f"on {query.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if (out.data_ptr() != query.data_ptr() and _overlap(out, query)) or any(_overlap(out, t) for t in others):
+        raise DHSAError("out overlaps " + ("the key, the value or part of the query" if others else
+                                           "the query without being the query") +
+                        "; pass the query or a separate buffer")
+    return out
 
 
 def _overlap(a, b) -> bool:
@@ -209,4 +239,5 @@ def enable_cuda_kernels() -> CudaKernels:
     torch.library.register_kernel("dhsa::chunk_boundaries", "cuda", lambda *a: k.chunk_boundaries(*a))
     torch.library.register_kernel("dhsa::select_keys", "cuda", lambda *a: k.select_keys(*a))
     torch.library.register_kernel("dhsa::sparse_attention", "cuda", lambda *a: k.sparse_attention(*a))
+    torch.library.register_kernel("dhsa::select_attention", "cuda", lambda *a: k.select_attention(*a))
     return k

@@ -4,7 +4,8 @@ dense causal attention through torch SDPA's fastest backend, measured in the sam
 
 Medians of CUDA-event timings after warm-up, both sides replayed as CUDA graphs (how TensorRT or an
 ORT session with graph capture launches them; the Python harness's per-op launch cost is reported
-separately as dhsa_eager_ms); TFLOP/s on the selected work; peak memory above the inputs, with the
+separately as dhsa_eager_ms); DHSA as exported: boundaries, then DhsaSelectAttention (selection and
+attention in one op, overlapped), and dhsa_separate_ops_ms with the two as separate ops; TFLOP/s on the selected work; peak memory above the inputs, with the
 output in its own buffer and in Q's (as ORT runs it: the op lets the session reuse Q's buffer). Writes a
 JSON (one row per case) and prints a Markdown table.
 
@@ -91,14 +92,27 @@ def dense_fn(q, k, v):
 
 
 def dhsa_fn(kernels, q, k, v, budget, in_place=False):
-    """in_place: the output overwrites Q, as in an ORT session, which hands the attention Q's buffer."""
+    """The layer as exported: boundaries, then selection + attention as one op (DhsaSelectAttention,
+    which overlaps the two). in_place: the output overwrites Q, as in an ORT session, which hands the
+    attention Q's buffer."""
+    dim = q.shape[-1]
+
+    def run():
+        bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
+        return kernels.select_attention(q, k, v, bd, BLOCK, budget, LOCAL, GLOBAL, dim ** -0.5, 0.0, 0, INSTR,
+                                        out=q if in_place else None)
+
+    return run
+
+
+def dhsa_separate_fn(kernels, q, k, v, budget):
+    """The same with selection and attention as two ops (how layers that share selections run)."""
     dim = q.shape[-1]
 
     def run():
         bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
         idx, cnt = kernels.select_keys(q, k, bd, BLOCK, budget, LOCAL, GLOBAL, 0, INSTR)
-        return kernels.sparse_attention(q, k, v, idx, cnt, BLOCK, dim ** -0.5, 0.0, 0, INSTR,
-                                        out=q if in_place else None)
+        return kernels.sparse_attention(q, k, v, idx, cnt, BLOCK, dim ** -0.5, 0.0, 0, INSTR)
 
     return run
 
@@ -144,7 +158,9 @@ def main() -> None:
             for budget in (int(x) for x in args.budgets.split(",")):
                 run = dhsa_fn(kernels, q, k, v, budget)
                 eager_ms = statistics.median(timed(run, args.warmup, args.runs))
-                ms = statistics.median(timed(as_graph(run), args.warmup, args.runs))
+                graph, separate = as_graph(run), as_graph(dhsa_separate_fn(kernels, q, k, v, budget))
+                ms = statistics.median(timed(graph, args.warmup, args.runs))
+                separate_ms = statistics.median(timed(separate, args.warmup, args.runs))
                 mem = peak_mib(run)
                 q_work = q.clone()  # the in-place run's Q, allocated before the measurement like q
                 mem_in_place = peak_mib(dhsa_fn(kernels, q_work, k, v, budget, in_place=True))
@@ -164,6 +180,7 @@ def main() -> None:
                        "dtype": "bf16", "dense_backend": best, "dense_ms": round(dense_ms, 4),
                        "dense_tflops": round(dense_flops / dense_ms / 1e9, 1), "dhsa_ms": round(ms, 4),
                        "speedup": round(dense_ms / ms, 2), "dhsa_eager_ms": round(eager_ms, 4),
+                       "dhsa_separate_ops_ms": round(separate_ms, 4),
                        **{k_: round(v_, 4) for k_, v_ in stage.items()},
                        "attention_tflops_selected": round(flops / stage["attention_ms"] / 1e9, 1),
                        "dense_peak_mib": round(dense_mem, 1), "dhsa_peak_mib": round(mem, 1),
@@ -176,7 +193,9 @@ def main() -> None:
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
             "attention_kernel": kernels.attention_kernel(), "timing": "CUDA graph replay (dhsa_eager_ms: "
             "launched op by op from Python)", "runs": args.runs, "warmup": args.warmup, "block": BLOCK, "local": LOCAL, "global": GLOBAL,
-            "instruction_tokens": INSTR, "chunk_beta": BETA, "boundaries": "similarity, window 4, nms radius 2"}
+            "instruction_tokens": INSTR, "chunk_beta": BETA, "boundaries": "similarity, window 4, nms radius 2",
+            "pipeline": "DhsaChunkBoundaries + DhsaSelectAttention (dhsa_separate_ops_ms: + DhsaSelectKeys + "
+                        "DhsaSparseAttention)"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

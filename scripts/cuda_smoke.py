@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A representative subset of the CUDA kernels on small inputs, for compute-sanitizer (memcheck,
 racecheck): every dtype and head-dim path, GQA, sliding window, soft-cap, dense tail (one and several
-key splits), L < budget, selection over groups of query blocks (512 and 1024 threads), output in place
+key splits), L < budget, the fused selection + attention (separate output and in place of the
+query), selection over groups of query blocks (512 and 1024 threads), output in place
 of the query, cut scores over 16-, 32- and 64-position tiles, cut selection in one CTA (candidates in
 shared memory, and in global memory without NMS) and device-wide; on Hopper both attention kernels,
 and cut selection and selection both in clusters of CTAs and without."""
@@ -37,7 +38,9 @@ for (b, hq, hkv, seq, dim, dt, block, budget, window, instr, cap), wgmma in ((c,
         bd = k_.chunk_boundaries(k, None, method, block, 4, block, 4, 2, 0.0, instr)
         idx, cnt = k_.select_keys(q, k, bd, block, budget, local, glob, window, instr)
         out = k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr)
+    k_.select_attention(q, k, v, bd, block, budget, local, glob, dim ** -0.5, cap, window, instr)  # fused
     k_.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, cap, window, instr, out=q)  # in place
+    k_.select_attention(q, k, v, bd, block, budget, local, glob, dim ** -0.5, cap, window, instr, out=q)
     scores = torch.randn(b, seq, device="cuda")
     k_.chunk_boundaries(k, scores, "scores", block, 4, block, 4, 2, 0.0, instr)
     k_.chunk_boundaries(k, None, "similarity", block, 4, block, 16, 0, 0.0, instr)  # widest tiled window, no NMS

@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 
 
-IN_PLACE_LOG = "DhsaSparseAttention: output written in place of Q"
+ATTENTION_OPS = ("DhsaSparseAttention", "DhsaSelectAttention")
+IN_PLACE_LOGS = tuple(f"{op}: output written in place of Q" for op in ATTENTION_OPS)
 
 
 def with_verbose_log(fn):
@@ -69,7 +70,7 @@ def main() -> int:
         ort.set_default_logger_severity(0)
         (sess, got), log = with_verbose_log(session_run)
         ort.set_default_logger_severity(3)
-        layers = sum(n.op_type == "DhsaSparseAttention" for n in model.graph.node)
+        layers = sum(n.op_type in ATTENTION_OPS for n in model.graph.node)
         prof = json.loads(Path(sess.end_profiling()).read_text())
         dhsa = {(e["args"].get("op_name"), e["args"].get("provider")) for e in prof
                 if e.get("cat") == "Node" and str(e["args"].get("op_name", "")).startswith("Dhsa")}
@@ -90,7 +91,7 @@ def main() -> int:
         failures += not ok
         print(f"{onnx_path.name}: max|diff| {err:.2e}, cosine {cos:.6f}, top-1 agreement {top1:.3f} "
               f"({top1_decisive:.3f} where the reference margin > 0.1); "
-              f"dhsa nodes on {sorted({p for _, p in dhsa})}; output in Q's buffer in {log.count(IN_PLACE_LOG)} of "
+              f"dhsa nodes on {sorted({p for _, p in dhsa})}; output in Q's buffer in {sum(map(log.count, IN_PLACE_LOGS))} of "
               f"{layers} attention layers -> {'ok' if ok else 'FAIL'}")
     return 1 if failures else 0
 

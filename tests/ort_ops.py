@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from dhsa_export.errors import DHSAError
-from dhsa_export.ops.spec import CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
+from dhsa_export.ops.spec import CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
 
 NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
               np.dtype(np.int32): TensorProto.INT32}
@@ -84,7 +84,13 @@ def sparse_attention(q, k, v, idx, cnt, attrs, provider="CPUExecutionProvider"):
                {"output": (q.dtype, q.shape)}, attrs, provider)[0]
 
 
+def select_attention(q, k, v, bd, attrs, provider="CPUExecutionProvider"):
+    return run(SELECT_ATTENTION, {"query": q, "key": k, "value": v, "boundaries": bd},
+               {"output": (q.dtype, q.shape)}, attrs, provider)[0]
+
+
 IN_PLACE_LOG = "DhsaSparseAttention: output written in place of Q"
+FUSED_IN_PLACE_LOG = "DhsaSelectAttention: output written in place of Q"
 _LOGGED_RUN = r"""
 import sys
 import numpy as np, onnxruntime as ort

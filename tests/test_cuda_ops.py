@@ -296,9 +296,13 @@ def test_pipeline_replayed_as_a_cuda_graph(kernels, seq, batch, hq, hkv, dim, dt
         idx, cnt = kernels.select_keys(q, k, bd, block, budget, local, glob, 0, instr)
         return bd, idx, cnt, kernels.sparse_attention(q, k, v, idx, cnt, block, dim ** -0.5, 0.0, 0, instr)
 
-    def inputs():
-        return [torch.randn(batch, h, seq, dim, generator=gen, device="cuda").to(t) for h in (hq, hkv, hkv)]
+    _check_replays(pipeline, lambda: [torch.randn(batch, h, seq, dim, generator=gen, device="cuda").to(t)
+                                      for h in (hq, hkv, hkv)])
 
+
+def _check_replays(pipeline, inputs):
+    """pipeline(*inputs()) -> tensors, captured in a CUDA graph: two replays on fresh inputs (outputs
+    poisoned before each) equal eager runs bit for bit."""
     static = inputs()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -318,6 +322,109 @@ def test_pipeline_replayed_as_a_cuda_graph(kernels, seq, batch, hq, hkv, dim, dt
         torch.cuda.synchronize()
         for got, want in zip(captured, pipeline(*fresh)):
             assert torch.equal(got, want)
+
+
+def _check_select_attention(kernels, dtype, seed, dims=(64, 128, 256, 96), in_place=False):
+    """The fused op against the two ops it chains (bit for bit: the same kernels, only overlapped) and
+    the attention against the reference on the selection the kernels made. in_place: the output
+    overwrites the query, which the selection reads while the attention's first blocks run."""
+    c, rng, gen = _case(seed, dims=dims)
+    q, k, v = _qkv(c, gen, DTYPES[dtype])
+    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta), "cuda")
+    out = q.clone() if in_place else torch.full_like(q, float("nan"))
+    kernels.select_attention(out if in_place else q, k, v, bd, c.block_size, c.budget, c.local_tokens,
+                             c.global_tokens, c.scale, c.softcap, c.sliding_window, c.instruction_tokens, out=out)
+    idx, cnt = kernels.select_keys(q, k, bd, *_sel_attrs(c))
+    apart = kernels.sparse_attention(q, k, v, idx, cnt, c.block_size, c.scale, c.softcap, c.sliding_window,
+                                     c.instruction_tokens)
+    assert not out.isnan().any(), "unwritten (poisoned) output"
+    assert torch.equal(out, apart), ((out.float() - apart.float()).abs().max().item(), c)
+    ref = reference.sparse_attention(q.float(), k.float(), v.float(), idx, cnt, c.block_size, c.scale, c.softcap,
+                                     c.sliding_window, c.instruction_tokens)
+    assert (out.float() - ref).abs().max().item() <= TOL[dtype], c
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(N_CASES))
+def test_select_attention(kernels, dtype, case_id, seed):
+    _check_select_attention(kernels, dtype, seed)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("case_id", range(30))
+def test_select_attention_in_place(kernels, dtype, case_id, seed):
+    _check_select_attention(kernels, dtype, seed, in_place=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("case_id", range(20))
+def test_select_attention_portable_kernel(portable, dtype, case_id, seed):
+    _check_select_attention(portable, dtype, seed, dims=(64, 128, 256))
+
+
+@pytest.mark.parametrize("seq,batch,hq,hkv,dim,window,softcap", [
+    (4096, 1, 8, 4, 256, 0, 0.0), (8191, 2, 8, 4, 256, 0, 50.0), (16384, 1, 8, 4, 256, 4096, 50.0),
+    (32768, 1, 32, 8, 128, 0, 0.0), (2000, 3, 4, 1, 64, 0, 0.0)])
+def test_select_attention_long_bf16(kernels, seq, batch, hq, hkv, dim, window, softcap, seed):
+    """gemma2-2b (global and sliding layers) and llama-8b shapes at budget 2048: many blocks before and
+    after the budget's reach, a tail in key splits; L = 2000 < budget: every block fits, no CTA waits."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(batch, h, seq, dim, generator=gen, device="cuda", dtype=torch.bfloat16)
+               for h in (hq, hkv, hkv))
+    attrs = (128, 2048, 128, 128, dim ** -0.5, softcap, window, 64)
+    bd = kernels.chunk_boundaries(k, None, "similarity", 128, 8, 128, 4, 2, 0.0, 64)
+    out = torch.full_like(q, float("nan"))
+    kernels.select_attention(q, k, v, bd, *attrs, out=out)
+    idx, cnt = kernels.select_keys(q, k, bd, 128, 2048, 128, 128, window, 64)
+    apart = kernels.sparse_attention(q, k, v, idx, cnt, 128, dim ** -0.5, softcap, window, 64)
+    assert torch.equal(out, apart)
+    ref = reference.sparse_attention(q, k, v, idx, cnt, 128, dim ** -0.5, softcap, window, 64)
+    assert (out.float() - ref.float()).abs().max().item() <= 2 * TOL["bf16"]
+
+
+def test_select_attention_replayed_as_a_cuda_graph(kernels, seed):
+    """Boundaries and the fused op in a CUDA graph: replays on fresh inputs equal eager runs bit for bit."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def pipeline(q, k, v):
+        bd = kernels.chunk_boundaries(k, None, "similarity", 128, 8, 128, 4, 2, 0.0, 64)
+        return bd, kernels.select_attention(q, k, v, bd, 128, 2048, 128, 128, 0.0625, 0.0, 0, 64)
+
+    _check_replays(pipeline, lambda: [torch.randn(2, h, 9001, 256, generator=gen, device="cuda",
+                                                  dtype=torch.bfloat16) for h in (8, 4, 4)])
+
+
+def test_select_attention_without_a_workspace(kernels, seed):
+    """ORT's CUDA EP passes no workspace: the launcher takes one from the stream-ordered allocator."""
+    import ctypes
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(2, h, 3000, 128, generator=gen, device="cuda", dtype=torch.bfloat16) for h in (8, 4, 4))
+    bd = kernels.chunk_boundaries(k, None, "similarity", 128, 8, 128, 4, 2, 0.0, 64)
+    want = kernels.select_attention(q, k, v, bd, 128, 512, 128, 128, 128 ** -0.5, 0.0, 0, 64)
+    out, err = torch.full_like(q, float("nan")), ctypes.create_string_buffer(512)
+    rc = kernels.lib.dhsa_cuda_select_attention(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), 2, kernels._i64(q.shape), kernels._i64(k.shape), bd.data_ptr(),
+        bd.shape[1], kernels._i64([128, 512, 128, 128, 0, 64]), 128 ** -0.5, 0.0, out.data_ptr(), kernels._stream(),
+        None, err, len(err))
+    assert rc == 0, err.value
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+
+
+def test_select_attention_rejects_an_overlapping_out(kernels):
+    shape = (1, 2, 70, 64)
+    bd = torch.tensor([[0, 35, 70]], device="cuda", dtype=torch.int32)
+    big = torch.zeros(2 * 2 * 70 * 64, device="cuda", dtype=torch.bfloat16)
+    q, shifted = big[: q_numel(shape)].view(shape), big[64: 64 + q_numel(shape)].view(shape)
+    out = torch.zeros(shape, device="cuda", dtype=torch.bfloat16)
+    for query, key, dst in ((q, q[:, :1], shifted), (q, out[:, :1], out)):  # part of the query; the key
+        with pytest.raises(DHSAError, match="overlaps the key, the value or part of the query"):
+            kernels.select_attention(query, key, key, bd, 64, 64, 16, 16, 0.125, 0.0, 0, 0, out=dst)
+
+
+def q_numel(shape) -> int:
+    return int(np.prod(shape))
 
 
 def test_softcap_and_sliding_window_long(kernels, seed):
@@ -349,3 +456,5 @@ def test_torch_ops_dispatch_to_cuda_kernels(seed):
     ref = reference.sparse_attention(q, k, k, *reference.select_keys(q, k, bd, 64, 256, 64, 64, 0, 16), 64, 0.1, 0.0,
                                      0, 16)
     assert (out.float() - ref.float()).abs().max().item() <= TOL["fp16"]
+    fused = ops.select_attention(q, k, k, bd, 64, 256, 64, 64, 0.1, 0.0, 0, 16)
+    assert torch.equal(fused, out)

@@ -62,18 +62,21 @@ class _Spy:
 def test_sharing_across_layers(monkeypatch, share_boundaries, share_indices, expect_bd, expect_sel):
     recipe, model = tiny("tiny-gemma3")  # 6 layers: 5 sliding, 1 global
     bd, sel = _Spy(monkeypatch, "chunk_boundaries"), _Spy(monkeypatch, "select_keys")
+    fused, att = _Spy(monkeypatch, "select_attention"), _Spy(monkeypatch, "sparse_attention")
     attention.enable_dhsa(model, recipe.dhsa.replace(share_boundaries=share_boundaries,
                                                      share_indices=share_indices))
     logits(model, token_ids(1, 200, 0))
     logits(model, token_ids(1, 150, 1))  # state is per forward: counts double, nothing leaks
     attention.disable_dhsa(model)
-    assert (bd.calls, sel.calls) == (2 * expect_bd, 2 * expect_sel)
+    assert (bd.calls, sel.calls + fused.calls) == (2 * expect_bd, 2 * expect_sel)
+    # Shared selections take the two ops; a layer's own selection the fused one.
+    assert (fused.calls, att.calls) == ((0, 12) if share_indices else (12, 0))
 
 
 @pytest.mark.parametrize("layers,expected", [("all", 6), ("global", 1), ("sliding", 5)])
 def test_layer_selection(monkeypatch, layers, expected):
     recipe, model = tiny("tiny-gemma3")
-    spy = _Spy(monkeypatch, "sparse_attention")
+    spy = _Spy(monkeypatch, "select_attention")
     attention.enable_dhsa(model, recipe.dhsa.replace(layers=layers))
     logits(model, token_ids(1, 100, 0))
     attention.disable_dhsa(model)
@@ -85,7 +88,7 @@ def test_decode_steps_are_dense(name, monkeypatch):
     """generate(): the prefill runs DHSA once, every cached decode step runs dense attention."""
     recipe, model = tiny(name)
     ids = token_ids(1, 120, 3)
-    spy = _Spy(monkeypatch, "sparse_attention")
+    spy = _Spy(monkeypatch, "select_attention")
     n_layers = model.config.num_hidden_layers
     attention.enable_dhsa(model, recipe.dhsa.replace(budget=200))  # full budget: must match dense
     with torch.no_grad():

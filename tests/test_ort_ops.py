@@ -70,6 +70,27 @@ def test_sparse_attention(case_id, dtype, seed):
     np.testing.assert_allclose(got.astype(np.float64), ref.double().numpy(), rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("case_id", range(30))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_select_attention(case_id, dtype, seed):
+    """The fused op equals the two ops it chains, run by ORT, bit for bit; and the reference attention
+    on that selection."""
+    c, gen, rng = _case(seed)
+    tdt = torch.float16 if dtype == np.float16 else torch.float32
+    q, k, v = (t.to(tdt) for t in tensors(c, gen))
+    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta)).numpy()
+    attrs = _attrs_select(c) | _attrs_attention(c)
+    got = ort_ops.select_attention(q.numpy(), k.numpy(), v.numpy(), bd, attrs)
+    assert not np.isnan(got).any(), "unwritten (poisoned) output elements"
+    nqb = reference.num_query_blocks(c.seq, c.block_size)
+    idx, cnt = ort_ops.select_keys(q.numpy(), k.numpy(), bd, _attrs_select(c), nqb)
+    apart = ort_ops.sparse_attention(q.numpy(), k.numpy(), v.numpy(), idx, cnt, _attrs_attention(c))
+    np.testing.assert_array_equal(got, apart)
+    ref = reference.sparse_attention(q, k, v, torch.from_numpy(idx), torch.from_numpy(cnt), **_attrs_attention(c))
+    np.testing.assert_allclose(got.astype(np.float64), ref.double().numpy(), rtol=0,
+                               atol=1e-5 if dtype == np.float32 else 2e-3)
+
+
 @pytest.mark.parametrize("case_id", range(N_CASES))
 def test_chunk_boundaries(case_id, seed):
     c, gen, rng = _case(seed)
@@ -182,6 +203,30 @@ def test_attention_rejects_bad_indices(idx, cnt, match):
     _expect_error(_attention_model(ATT), {"q": q, "k": k, "v": k, "i": idx, "c": cnt}, match)
 
 
+def _fused_model(attrs):
+    node = helper.make_node("DhsaSelectAttention", ["q", "k", "v", "bd"], ["o"], domain="dhsa", **attrs)
+    f, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, f, None) for n in "qkv"]
+                          + [helper.make_tensor_value_info("bd", i32, None)],
+                          [helper.make_tensor_value_info("o", f, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("dhsa", 1)],
+                             ir_version=9)
+
+
+FUSED = GOOD | dict(scale=0.5, softcap=0.0)
+
+
+@pytest.mark.parametrize("attrs,feeds,match", [
+    (FUSED | dict(budget=0), {}, "DhsaSelectAttention: attribute budget must be >= 1, got 0"),
+    ({k: v for k, v in FUSED.items() if k != "scale"}, {}, "DhsaSelectAttention: missing float attribute 'scale'"),
+    (FUSED | dict(softcap=-1.0), {}, "DhsaSelectAttention: attribute softcap must be >= 0"),
+    (FUSED, dict(v=np.zeros((1, 1, 19, 8), np.float32)), "DhsaSelectAttention: inputs 'key' (1, 1, 20, 8) and 'value'"),
+    (FUSED, dict(k=np.zeros((1, 3, 20, 8), np.float32)), "DhsaSelectAttention: Hq (2) must be a multiple of Hkv (3)"),
+])
+def test_select_attention_rejects(attrs, feeds, match):
+    _expect_error(_fused_model(attrs), {"q": Q, "k": K, "v": K, "bd": BD} | feeds, match)
+
+
 def test_attention_rejects_negative_softcap():
     q = np.random.randn(1, 1, 4, 8).astype(np.float32)
     _expect_error(_attention_model(ATT | dict(softcap=-1.0)),
@@ -209,16 +254,19 @@ def test_boundaries_reject_bad_method_and_missing_scores():
 # In an exported layer Q is an intermediate (projection, RoPE) read by the selection and then the
 # attention: ORT should give the attention's output Q's buffer (MayInplace), and the result must not change.
 @pytest.mark.parametrize("case_id", range(3))
-def test_sparse_attention_output_takes_the_query_buffer(case_id, seed, tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_attention_output_takes_the_query_buffer(case_id, fused, seed, tmp_path):
     c, gen, rng = _case(seed)
     q, k, v = tensors(c, gen)
     n = reference.num_chunks(c.seq, c.block_size, c.chunk_beta)
     bd = random_boundaries(rng, c.batch, c.seq, n)
     f, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
-    nodes = [helper.make_node("Mul", ["q_in", "q_scale"], ["q"]),
-             helper.make_node("DhsaSelectKeys", ["q", "k", "bd"], ["idx", "cnt"], domain="dhsa", **_attrs_select(c)),
-             helper.make_node("DhsaSparseAttention", ["q", "k", "v", "idx", "cnt"], ["o"], domain="dhsa",
-                              **_attrs_attention(c)),
+    attend = [helper.make_node("DhsaSelectAttention", ["q", "k", "v", "bd"], ["o"], domain="dhsa",
+                               **(_attrs_select(c) | _attrs_attention(c)))] if fused else [
+        helper.make_node("DhsaSelectKeys", ["q", "k", "bd"], ["idx", "cnt"], domain="dhsa", **_attrs_select(c)),
+        helper.make_node("DhsaSparseAttention", ["q", "k", "v", "idx", "cnt"], ["o"], domain="dhsa",
+                         **_attrs_attention(c))]
+    nodes = [helper.make_node("Mul", ["q_in", "q_scale"], ["q"]), *attend,
              helper.make_node("Mul", ["o", "q_scale"], ["out"])]  # a graph output would get its own buffer
     act = lambda name, heads: helper.make_tensor_value_info(name, f, ["B", heads, "L", "D"])  # noqa: E731
     g = helper.make_graph(nodes, "layer", [act("q_in", "Hq"), helper.make_tensor_value_info("q_scale", f, [1]),
@@ -230,7 +278,8 @@ def test_sparse_attention_output_takes_the_query_buffer(case_id, seed, tmp_path)
     onnx.save(model, tmp_path / "layer.onnx")
     feeds = dict(q_in=q.numpy(), q_scale=np.ones(1, np.float32), k=k.numpy(), v=v.numpy(), bd=bd.numpy())
     (got,), log = ort_ops.run_logged(tmp_path / "layer.onnx", feeds, tmp_path)
-    assert log.count(ort_ops.IN_PLACE_LOG) == 1
+    assert log.count(ort_ops.FUSED_IN_PLACE_LOG if fused else ort_ops.IN_PLACE_LOG) == 1
     idx, cnt = reference.select_keys(q, k, bd, **_attrs_select(c))
     ref = reference.sparse_attention(q, k, v, idx, cnt, **_attrs_attention(c))
     np.testing.assert_allclose(got.astype(np.float64), ref.double().numpy(), rtol=0, atol=1e-5)
+

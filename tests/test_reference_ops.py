@@ -176,3 +176,32 @@ def test_sparse_attention_rejects_out_of_range_index():
     cnt = torch.ones(1, 2, dtype=torch.int32)
     with pytest.raises(OpInputError, match="indices within counts"):
         reference.sparse_attention(q, q, q, idx, cnt, 4, 0.5, 0.0, 0, 0)
+
+
+@pytest.mark.parametrize("case_id", range(20))
+def test_select_attention_is_selection_then_attention(case_id, seed):
+    rng = random.Random(seed)
+    c = random_case(rng)
+    q, k, v = tensors(c, torch.Generator().manual_seed(seed))
+    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
+    idx, cnt = ops.select_keys(q, k, bd, c.block_size, c.budget, c.local_tokens, c.global_tokens, c.sliding_window,
+                               c.instruction_tokens)
+    apart = ops.sparse_attention(q, k, v, idx, cnt, c.block_size, c.scale, c.softcap, c.sliding_window,
+                                 c.instruction_tokens)
+    fused = ops.select_attention(q, k, v, bd, c.block_size, c.budget, c.local_tokens, c.global_tokens, c.scale,
+                                 c.softcap, c.sliding_window, c.instruction_tokens)
+    assert torch.equal(fused, apart)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(budget=0), "^DhsaSelectAttention: budget must be >= 1"),
+    (dict(softcap=-1.0), "^DhsaSelectAttention: softcap must be >= 0"),
+    (dict(value=torch.zeros(1, 1, 19, 8)), "^DhsaSelectAttention: key .* and value .* must be"),
+])
+def test_select_attention_errors_name_the_fused_op(bad, match):
+    q, k = torch.randn(1, 2, 20, 8), torch.randn(1, 1, 20, 8)
+    args = dict(query=q, key=k, value=k, boundaries=torch.tensor([[0, 10, 20]], dtype=torch.int32), block_size=4,
+                budget=16, local_tokens=4, global_tokens=4, scale=0.5, softcap=0.0, sliding_window=0,
+                instruction_tokens=0) | bad
+    with pytest.raises(OpInputError, match=match):
+        reference.select_attention(**args)

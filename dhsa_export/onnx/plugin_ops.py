@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnxscript
 
-from ..ops.spec import CHUNK_BOUNDARIES, DOMAIN, OPSET_VERSION, SELECT_KEYS, SPARSE_ATTENTION
+from ..ops.spec import CHUNK_BOUNDARIES, DOMAIN, OPSET_VERSION, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
 from . import schemas
 
 schemas.register()
@@ -35,3 +35,11 @@ def sparse_attention(query, key, value, indices, counts, block_size, scale, soft
     return getattr(DHSA, SPARSE_ATTENTION.onnx_name)(
         query, key, value, indices, counts, block_size=block_size, scale=float(scale), softcap=float(softcap),
         sliding_window=sliding_window, instruction_tokens=instruction_tokens)
+
+
+def select_attention(query, key, value, boundaries, block_size, budget, local_tokens, global_tokens, scale, softcap,
+                     sliding_window, instruction_tokens):
+    return getattr(DHSA, SELECT_ATTENTION.onnx_name)(
+        query, key, value, boundaries, block_size=block_size, budget=budget, local_tokens=local_tokens,
+        global_tokens=global_tokens, scale=float(scale), softcap=float(softcap), sliding_window=sliding_window,
+        instruction_tokens=instruction_tokens)

@@ -261,3 +261,13 @@ def sparse_attention(query, key, value, indices, counts, block_size, scale, soft
     else:
         out = _slice(out, _s64(0), seq, 2)
     return op.CastLike(out, query)
+
+
+# -- DhsaSelectAttention -----------------------------------------------------------------------
+
+def select_attention(query, key, value, boundaries, block_size, budget, local_tokens, global_tokens, scale, softcap,
+                     sliding_window, instruction_tokens):
+    indices, counts = select_keys(query, key, boundaries, block_size, budget, local_tokens, global_tokens,
+                                  sliding_window, instruction_tokens)
+    return sparse_attention(query, key, value, indices, counts, block_size, scale, softcap, sliding_window,
+                            instruction_tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, defs
 
-from ..ops.spec import ALL_OPS, CHUNK_BOUNDARIES, DOMAIN, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
+from ..ops.spec import ALL_OPS, CHUNK_BOUNDARIES, DOMAIN, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _ATTR_TYPES = {int: defs.OpSchema.AttrType.INT, float: defs.OpSchema.AttrType.FLOAT,
@@ -30,7 +30,7 @@ def _input_type(spec: OpSpec, name: str) -> str:
 
 
 def _output_type(spec: OpSpec, name: str) -> str:
-    return "T" if spec is SPARSE_ATTENTION else "tensor(int32)"
+    return "T" if spec in (SPARSE_ATTENTION, SELECT_ATTENTION) else "tensor(int32)"
 
 
 def _dims(ctx, i: int):
@@ -73,7 +73,8 @@ def _infer_attention(ctx) -> None:
     _out(ctx, 0, elem, q if q else [None] * 4)
 
 
-_INFERENCE = {CHUNK_BOUNDARIES: _infer_boundaries, SELECT_KEYS: _infer_select, SPARSE_ATTENTION: _infer_attention}
+_INFERENCE = {CHUNK_BOUNDARIES: _infer_boundaries, SELECT_KEYS: _infer_select, SPARSE_ATTENTION: _infer_attention,
+              SELECT_ATTENTION: _infer_attention}
 
 
 def schema(spec: OpSpec) -> defs.OpSchema:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .spec import CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION
+from .spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
 
 _LIB = torch.library.Library("dhsa", "DEF")
-for _spec in (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION):
+for _spec in ALL_OPS:
     _LIB.define(_spec.torch_name + _spec.torch_schema())
 
 _LIB.impl(CHUNK_BOUNDARIES.torch_name, reference.chunk_boundaries, "CompositeExplicitAutograd")
 _LIB.impl(SELECT_KEYS.torch_name, reference.select_keys, "CompositeExplicitAutograd")
 _LIB.impl(SPARSE_ATTENTION.torch_name, reference.sparse_attention, "CompositeExplicitAutograd")
+_LIB.impl(SELECT_ATTENTION.torch_name, reference.select_attention, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(CHUNK_BOUNDARIES.qualname)
@@ -43,6 +44,13 @@ def _sparse_attention_fake(query, key, value, indices, counts, block_size, scale
     return torch.empty_like(query)
 
 
+@torch.library.register_fake(SELECT_ATTENTION.qualname)
+def _select_attention_fake(query, key, value, boundaries, block_size, budget, local_tokens, global_tokens, scale,
+                           softcap, sliding_window, instruction_tokens):
+    return torch.empty_like(query)
+
+
 chunk_boundaries = torch.ops.dhsa.chunk_boundaries
 select_keys = torch.ops.dhsa.select_keys
 sparse_attention = torch.ops.dhsa.sparse_attention
+select_attention = torch.ops.dhsa.select_attention

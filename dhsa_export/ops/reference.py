@@ -352,3 +352,28 @@ def dense_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     logits = _logits(qf, key.float()[:, :, None], scale, softcap)
     o = _masked_softmax_av(logits, allowed, value.float()[:, :, None])
     return o.reshape(b, hq, seq, d).to(query.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# DhsaSelectAttention
+# --------------------------------------------------------------------------------------------
+
+
+def select_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, boundaries: torch.Tensor,
+                     block_size: int, budget: int, local_tokens: int, global_tokens: int, scale: float,
+                     softcap: float, sliding_window: int, instruction_tokens: int) -> torch.Tensor:
+    """select_keys then sparse_attention (errors name DhsaSelectAttention)."""
+    try:
+        indices, counts = select_keys(query, key, boundaries, block_size, budget, local_tokens, global_tokens,
+                                      sliding_window, instruction_tokens)
+        return sparse_attention(query, key, value, indices, counts, block_size, scale, softcap, sliding_window,
+                                instruction_tokens)
+    except OpInputError as err:
+        raise OpInputError(_renamed(str(err))) from None
+
+
+def _renamed(message: str) -> str:
+    for part in ("DhsaSelectKeys: ", "DhsaSparseAttention: "):
+        if message.startswith(part):
+            return "DhsaSelectAttention: " + message[len(part):]
+    return message

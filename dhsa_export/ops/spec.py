@@ -1,4 +1,4 @@
-"""The three DHSA ops as data: names, tensors, attributes. docs/ops.md is the prose of this table.
+"""The DHSA ops as data: names, tensors, attributes. docs/ops.md is the prose of this table.
 
 The torch.library schemas, the ONNX schemas and the onnxscript translations are all generated from
 these specs, so an attribute exists in one place only. Changing inputs or attributes of an op means
@@ -59,6 +59,11 @@ class OpSpec:
 _BLOCK = Attr("block_size", int, "b: query block size (>= 1)")
 _SLIDING = Attr("sliding_window", int, "W: key j is visible to query t iff t - W < j <= t; 0 = global layer")
 _INSTR = Attr("instruction_tokens", int, "T: the last min(T, L) queries attend densely (>= 0)")
+_BUDGET = Attr("budget", int, "Nb: keys kept per query block (>= local_tokens + global_tokens, >= 1)")
+_LOCAL = Attr("local_tokens", int, "most recent eligible keys always kept (>= 0)")
+_GLOBAL = Attr("global_tokens", int, "first eligible keys always kept (>= 0)")
+_SCALE = Attr("scale", float, "logit scale (Gemma: query_pre_attn_scalar ** -0.5)")
+_SOFTCAP = Attr("softcap", float, "logits -> softcap * tanh(logits / softcap); 0 = off")
 
 CHUNK_BOUNDARIES = OpSpec(
     torch_name="chunk_boundaries",
@@ -95,14 +100,7 @@ SELECT_KEYS = OpSpec(
         Tensor("indices", "(B, ceil(L / b), budget) int32 key indices, ascending, padded with -1"),
         Tensor("counts", "(B, ceil(L / b)) int32 number of valid entries per row of indices"),
     ),
-    attrs=(
-        _BLOCK,
-        Attr("budget", int, "Nb: keys kept per query block (>= local_tokens + global_tokens, >= 1)"),
-        Attr("local_tokens", int, "most recent eligible keys always kept (>= 0)"),
-        Attr("global_tokens", int, "first eligible keys always kept (>= 0)"),
-        _SLIDING,
-        _INSTR,
-    ),
+    attrs=(_BLOCK, _BUDGET, _LOCAL, _GLOBAL, _SLIDING, _INSTR),
     doc="Chunk scoring and budgeted selection of keys per query block.",
 )
 
@@ -118,17 +116,28 @@ SPARSE_ATTENTION = OpSpec(
         Tensor("counts", "(B, ceil(L / b)) int32 from DhsaSelectKeys"),
     ),
     outputs=(Tensor("output", "(B, Hq, L, D), dtype of query"),),
-    attrs=(
-        _BLOCK,
-        Attr("scale", float, "logit scale (Gemma: query_pre_attn_scalar ** -0.5)"),
-        Attr("softcap", float, "logits -> softcap * tanh(logits / softcap); 0 = off"),
-        _SLIDING,
-        _INSTR,
-    ),
+    attrs=(_BLOCK, _SCALE, _SOFTCAP, _SLIDING, _INSTR),
     doc="Attention of each query over its block's selected keys (dense for the instruction tail). The output "
         "may take the query's buffer: each query row is read before its output row is written.",
 )
 
-ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION)
+SELECT_ATTENTION = OpSpec(
+    torch_name="select_attention",
+    onnx_name="DhsaSelectAttention",
+    version=1,
+    inputs=(
+        Tensor("query", "(B, Hq, L, D) post-RoPE query states"),
+        Tensor("key", "(B, Hkv, L, D) post-RoPE key states, Hq % Hkv == 0"),
+        Tensor("value", "(B, Hkv, L, D)"),
+        Tensor("boundaries", "(B, N + 1) int32 chunk boundaries"),
+    ),
+    outputs=(Tensor("output", "(B, Hq, L, D), dtype of query"),),
+    attrs=(_BLOCK, _BUDGET, _LOCAL, _GLOBAL, _SCALE, _SOFTCAP, _SLIDING, _INSTR),
+    doc="DhsaSelectKeys followed by DhsaSparseAttention, the selection kept inside the op. One op lets the GPU "
+        "kernels overlap the two: the attention's blocks that need no selection run while the selection does. The "
+        "output must not take an input's buffer.",
+)
+
+ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION, SELECT_ATTENTION)
 
 BOUNDARY_METHODS = ("similarity", "scores", "fixed")

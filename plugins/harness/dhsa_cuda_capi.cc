@@ -25,6 +25,20 @@ dhsa::Act4 Act(const void* data, int dtype, const int64_t* shape) {
   return {data, DTypeOf(dtype), shape[0], shape[1], shape[2], shape[3]};
 }
 
+// iattrs: block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens.
+dhsa::SelectAttentionAttrs SelectAttentionOf(const int64_t* iattrs, float scale, float softcap) {
+  dhsa::SelectAttentionAttrs a;
+  a.select.block_size = a.attend.block_size = iattrs[0];
+  a.select.budget = iattrs[1];
+  a.select.local_tokens = iattrs[2];
+  a.select.global_tokens = iattrs[3];
+  a.select.sliding_window = a.attend.sliding_window = iattrs[4];
+  a.select.instruction_tokens = a.attend.instruction_tokens = iattrs[5];
+  a.attend.scale = scale;
+  a.attend.softcap = softcap;
+  return a;
+}
+
 }  // namespace
 
 extern "C" {
@@ -84,6 +98,19 @@ __attribute__((visibility("default"))) int dhsa_cuda_sparse_attention(
                 err, err_len);
 }
 
+__attribute__((visibility("default"))) int dhsa_cuda_select_attention(
+    const void* q, const void* k, const void* v, int dtype, const int64_t* q_shape, const int64_t* k_shape,
+    const int32_t* bd, int64_t n_plus_1,
+    const int64_t* iattrs /* block_size, budget, local, global, sliding_window, instruction_tokens */, float scale,
+    float softcap, void* out, void* stream, void* workspace, char* err, int err_len) {
+  const dhsa::SelectAttentionAttrs a = SelectAttentionOf(iattrs, scale, softcap);
+  if (auto s = a.select.Validate(); !s.ok()) return Report(s, err, err_len);
+  if (auto s = a.attend.Validate(); !s.ok()) return Report(s, err, err_len);
+  return Report(dhsa::cuda::SelectAttention(a, Act(q, dtype, q_shape), Act(k, dtype, k_shape), Act(v, dtype, k_shape),
+                                            bd, n_plus_1, out, stream, workspace),
+                err, err_len);
+}
+
 // Caps the shared memory per block the launchers plan with (0 = no cap): tests of small-GPU paths.
 __attribute__((visibility("default"))) void dhsa_cuda_set_shared_memory_limit(int bytes) {
   dhsa::cuda::SetSharedMemoryLimit(bytes);
@@ -117,6 +144,11 @@ __attribute__((visibility("default"))) int64_t dhsa_cuda_workspace_size(int op, 
       a.sliding_window = iattrs[0];
       a.instruction_tokens = iattrs[1];
       return static_cast<int64_t>(dhsa::cuda::SparseAttentionWorkspace(a, shape[0], shape[1], shape[2], shape[3]));
+    }
+    case 3: {  // select attention: shape = query; iattrs as dhsa_cuda_select_attention's; extra = N + 1
+      const dhsa::SelectAttentionAttrs a = SelectAttentionOf(iattrs, 0.f, 0.f);
+      return static_cast<int64_t>(
+          dhsa::cuda::SelectAttentionWorkspace(a, shape[0], shape[1], shape[2], shape[3], extra));
     }
     default: return -1;
   }

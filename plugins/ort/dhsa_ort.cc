@@ -187,6 +187,35 @@ struct SparseAttentionKernel {
   }
 };
 
+struct SelectAttentionKernel {
+  dhsa::SelectAttentionAttrs attrs;
+  bool cuda = false;
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard(dhsa::kSelectAttention, [&]() -> OrtStatusPtr {
+      Ort::KernelContext ctx(raw);
+      const Ort::ConstValue q = ctx.GetInput(0), k = ctx.GetInput(1), v = ctx.GetInput(2), bd = ctx.GetInput(3);
+      const dhsa::TensorDesc qd = Describe(q), kd = Describe(k), vd = Describe(v), bdd = Describe(bd);
+      std::vector<int64_t> shape;
+      if (auto s = dhsa::CheckSelectAttention(attrs, qd, kd, vd, bdd, &shape); !s.ok()) return Err(s);
+      auto out = ctx.GetOutput(0, shape);
+      if (out.GetTensorRawData() == q.GetTensorRawData())
+        ORT_CXX_LOG(ctx.GetLogger(), ORT_LOGGING_LEVEL_VERBOSE, "DhsaSelectAttention: output written in place of Q");
+#ifdef DHSA_WITH_CUDA
+      if (cuda) {
+        auto s = dhsa::cuda::SelectAttention(attrs, AsAct4(q, qd), AsAct4(k, kd), AsAct4(v, vd),
+                                             bd.GetTensorData<int32_t>(), bdd.dims[1], out.GetTensorMutableRawData(),
+                                             ctx.GetGPUComputeStream());
+        return s.ok() ? nullptr : Err(s);
+      }
+#endif
+      auto s = dhsa::cpu::SelectAttention(attrs, AsAct4(q, qd), AsAct4(k, kd), AsAct4(v, vd),
+                                          bd.GetTensorData<int32_t>(), bdd.dims[1], out.GetTensorMutableRawData(),
+                                          OrtParallel(ctx));
+      return s.ok() ? nullptr : Err(s);
+    });
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // One custom-op definition per (op, element type T, execution provider): ORT picks by input type.
 template <typename Kernel, typename Attrs>
@@ -235,37 +264,40 @@ struct SelectKeysOp : Ort::CustomOpBase<SelectKeysOp, SelectKeysKernel, true>,
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
 };
 
+// Lets an attention op's output take Q's buffer (ORT reuses it when Q has no later consumer, saving an
+// L x Hq x D activation): every kernel reads a query row before it writes that row's output, and no
+// other row. ORT's planner reuses a buffer only between tensors of provably equal shape, hence the
+// inference.
+void OutputMayTakeQuery(OrtCustomOp* op) {
+  op->InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* ctx) -> OrtStatusPtr {
+    OrtTensorTypeAndShapeInfo* query = nullptr;  // owned by ctx
+    if (OrtStatusPtr s = g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &query)) return s;
+    size_t rank = 0;
+    if (OrtStatusPtr s = g_api->GetDimensionsCount(query, &rank)) return s;
+    return rank == 0 ? nullptr : g_api->ShapeInferContext_SetOutputTypeShape(ctx, 0, query);  // 0: rank unknown
+  };
+  op->GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+    *input_index = static_cast<int*>(std::malloc(sizeof(int)));
+    *output_index = static_cast<int*>(std::malloc(sizeof(int)));
+    if (*input_index == nullptr || *output_index == nullptr) {
+      std::free(*input_index);
+      std::free(*output_index);
+      *input_index = *output_index = nullptr;
+      return 0;
+    }
+    **input_index = 0;
+    **output_index = 0;
+    return 1;
+  };
+  op->ReleaseMayInplace = [](int* input_index, int* output_index) {
+    std::free(input_index);
+    std::free(output_index);
+  };
+}
+
 struct SparseAttentionOp : Ort::CustomOpBase<SparseAttentionOp, SparseAttentionKernel, true>,
                            OpBase<SparseAttentionKernel, dhsa::SparseAttentionAttrs> {
-  // The output may take Q's buffer (ORT reuses it when Q has no later consumer, saving an L x Hq x D
-  // activation): every kernel reads a query row before it writes that row's output, and no other row.
-  // ORT's planner reuses a buffer only between tensors of provably equal shape, hence the inference.
-  SparseAttentionOp(ONNXTensorElementDataType type, bool on_cuda) : OpBase{type, on_cuda} {
-    OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* ctx) -> OrtStatusPtr {
-      OrtTensorTypeAndShapeInfo* query = nullptr;  // owned by ctx
-      if (OrtStatusPtr s = g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &query)) return s;
-      size_t rank = 0;
-      if (OrtStatusPtr s = g_api->GetDimensionsCount(query, &rank)) return s;
-      return rank == 0 ? nullptr : g_api->ShapeInferContext_SetOutputTypeShape(ctx, 0, query);  // 0: rank unknown
-    };
-    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
-      *input_index = static_cast<int*>(std::malloc(sizeof(int)));
-      *output_index = static_cast<int*>(std::malloc(sizeof(int)));
-      if (*input_index == nullptr || *output_index == nullptr) {
-        std::free(*input_index);
-        std::free(*output_index);
-        *input_index = *output_index = nullptr;
-        return 0;
-      }
-      **input_index = 0;
-      **output_index = 0;
-      return 1;
-    };
-    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
-      std::free(input_index);
-      std::free(output_index);
-    };
-  }
+  SparseAttentionOp(ONNXTensorElementDataType type, bool on_cuda) : OpBase{type, on_cuda} { OutputMayTakeQuery(this); }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return Create(info, kernel);
   }
@@ -277,10 +309,27 @@ struct SparseAttentionOp : Ort::CustomOpBase<SparseAttentionOp, SparseAttentionK
   ONNXTensorElementDataType GetOutputType(size_t) const { return t; }
 };
 
+// The output may take Q's buffer here too: attention CTAs that run beside the selection wait for it
+// before they store.
+struct SelectAttentionOp : Ort::CustomOpBase<SelectAttentionOp, SelectAttentionKernel, true>,
+                           OpBase<SelectAttentionKernel, dhsa::SelectAttentionAttrs> {
+  SelectAttentionOp(ONNXTensorElementDataType type, bool on_cuda) : OpBase{type, on_cuda} { OutputMayTakeQuery(this); }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return Create(info, kernel);
+  }
+  const char* GetName() const { return dhsa::kSelectAttention; }
+  const char* GetExecutionProviderType() const { return Provider(); }
+  size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return i < 3 ? t : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return t; }
+};
+
 struct Registry {
   std::vector<std::unique_ptr<ChunkBoundariesOp>> boundaries;
   std::vector<std::unique_ptr<SelectKeysOp>> select;
   std::vector<std::unique_ptr<SparseAttentionOp>> attention;
+  std::vector<std::unique_ptr<SelectAttentionOp>> fused;
   Ort::CustomOpDomain domain{dhsa::kDomain};
 };
 
@@ -310,7 +359,9 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
           registry->attention.push_back(std::make_unique<SparseAttentionOp>(t, cuda));
           registry->domain.Add(registry->boundaries.back().get());
           registry->domain.Add(registry->select.back().get());
+          registry->fused.push_back(std::make_unique<SelectAttentionOp>(t, cuda));
           registry->domain.Add(registry->attention.back().get());
+          registry->domain.Add(registry->fused.back().get());
         }
     }
     Ort::UnownedSessionOptions(options).Add(registry->domain);

@@ -223,6 +223,34 @@ Status CheckSparseAttention(const SparseAttentionAttrs& a, const TensorDesc& q, 
   return Status::Ok();
 }
 
+namespace {
+
+// A part's error under the fused op's name: "DhsaSelectKeys: x" -> "DhsaSelectAttention: x".
+Status AsSelectAttention(const Status& s) {
+  if (s.ok()) return s;
+  std::string m = s.message();
+  for (const char* part : {kSelectKeys, kSparseAttention}) {
+    const std::string prefix = std::string(part) + ": ";
+    if (m.compare(0, prefix.size(), prefix) == 0) return Fail(kSelectAttention, m.substr(prefix.size()));
+  }
+  return s;
+}
+
+}  // namespace
+
+Status SelectAttentionAttrs::Parse(const AttrSource& src, SelectAttentionAttrs* a) {
+  DHSA_RETURN_IF_ERROR(AsSelectAttention(SelectKeysAttrs::Parse(src, &a->select)));
+  return AsSelectAttention(SparseAttentionAttrs::Parse(src, &a->attend));
+}
+
+Status CheckSelectAttention(const SelectAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
+                            const TensorDesc& v, const TensorDesc& bd, std::vector<int64_t>* out_shape) {
+  std::vector<int64_t> idx_shape, cnt_shape;
+  DHSA_RETURN_IF_ERROR(AsSelectAttention(CheckSelectKeys(a.select, q, k, bd, &idx_shape, &cnt_shape)));
+  const TensorDesc idx{DType::kInt32, idx_shape}, cnt{DType::kInt32, cnt_shape};
+  return AsSelectAttention(CheckSparseAttention(a.attend, q, k, v, idx, cnt, out_shape));
+}
+
 Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq) {
   for (int64_t b = 0; b < batch; ++b) {
     const int32_t* row = bd + b * n_plus_1;

@@ -21,5 +21,9 @@ Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const 
 Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                        const int32_t* indices, const int32_t* counts, int64_t nb, void* out, const Parallel& par);
 
+// DhsaSelectKeys then DhsaSparseAttention; out has q's shape and dtype.
+Status SelectAttention(const SelectAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v, const int32_t* bd,
+                       int64_t n_plus_1, void* out, const Parallel& par);
+
 }  // namespace cpu
 }  // namespace dhsa

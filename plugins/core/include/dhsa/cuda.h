@@ -1,4 +1,4 @@
-// CUDA launchers of the three ops (float32 / float16 / bfloat16 inputs, float32 accumulation).
+// CUDA launchers of the ops (float32 / float16 / bfloat16 inputs, float32 accumulation).
 // They enqueue on `stream` and never synchronise. Workspace comes from the caller (TensorRT) or,
 // when `workspace` is null, from the stream-ordered allocator. Data-dependent contract violations
 // (unsorted boundaries, indices out of range) cannot be reported without a sync: the kernels clamp
@@ -25,6 +25,13 @@ size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, in
 Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                        const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
                        void* workspace = nullptr);
+
+// DhsaSelectAttention: the selection into the workspace, then the attention, which starts its blocks
+// that need no indices while the selection kernel runs (programmatic launch, compute capability 9.0+).
+size_t SelectAttentionWorkspace(const SelectAttentionAttrs& a, int64_t batch, int64_t hq, int64_t seq, int64_t dim,
+                                int64_t n_plus_1);
+Status SelectAttention(const SelectAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v, const int32_t* bd,
+                       int64_t n_plus_1, void* out, void* stream, void* workspace = nullptr);
 
 // Caps the shared memory per block the launchers plan with (0: the device's own limit), so one GPU
 // can run the kernel configurations chosen for parts with less (tests).

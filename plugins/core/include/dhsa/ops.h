@@ -1,4 +1,4 @@
-// The three DHSA ops: attributes, parsing, validation and shape rules, written once for every
+// The DHSA ops: attributes, parsing, validation and shape rules, written once for every
 // binding (ONNX Runtime custom ops, TensorRT plugins). docs/ops.md is the contract.
 #pragma once
 
@@ -21,6 +21,7 @@ constexpr const char* kDomain = "dhsa";
 constexpr const char* kChunkBoundaries = "DhsaChunkBoundaries";
 constexpr const char* kSelectKeys = "DhsaSelectKeys";
 constexpr const char* kSparseAttention = "DhsaSparseAttention";
+constexpr const char* kSelectAttention = "DhsaSelectAttention";
 constexpr int kOpVersion = 1;
 
 // Attribute access implemented by each binding (ORT kernel info, TensorRT plugin fields).
@@ -56,6 +57,14 @@ struct SparseAttentionAttrs {
   Status Validate() const;
 };
 
+// DhsaSelectAttention = DhsaSelectKeys + DhsaSparseAttention: each part's attributes (block_size,
+// sliding_window and instruction_tokens are one attribute of the op, given to both).
+struct SelectAttentionAttrs {
+  SelectKeysAttrs select;
+  SparseAttentionAttrs attend;
+  static Status Parse(const AttrSource& src, SelectAttentionAttrs* out);
+};
+
 DHSA_HD inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // N: capacity of the boundary output (chunks), and the number of query blocks.
 DHSA_HD inline int64_t num_chunks(int64_t seq, int64_t block, int64_t beta) { return beta * ceil_div(seq, block); }
@@ -71,6 +80,8 @@ Status CheckSelectKeys(const SelectKeysAttrs& a, const TensorDesc& q, const Tens
 Status CheckSparseAttention(const SparseAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
                             const TensorDesc& v, const TensorDesc& idx, const TensorDesc& cnt,
                             std::vector<int64_t>* out_shape);
+Status CheckSelectAttention(const SelectAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
+                            const TensorDesc& v, const TensorDesc& bd, std::vector<int64_t>* out_shape);
 
 // Per query block: sparse queries [s, e), eligible keys [lo, hi) (hi == lo: selects nothing).
 struct BlockRange {

@@ -63,11 +63,19 @@ inline cudaError_t MaxSharedMemoryPerBlock(int* bytes) {
 // predecessor may be any kernel, ours or the framework's), then lets this kernel's own successor be
 // scheduled. A successor therefore starts only once this kernel's predecessor is done, so at most
 // two grids share the GPU.
-__device__ __forceinline__ void AfterPredecessor() {
+__device__ __forceinline__ void WaitForPredecessor() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+__device__ __forceinline__ void AfterPredecessor() {
+  WaitForPredecessor();
+  LaunchDependents();
 }
 
 inline bool ProgrammaticLaunch() {

@@ -9,6 +9,7 @@
 
 #include "common.cuh"
 #include "dhsa/cuda.h"
+#include "select_attention.h"
 
 namespace dhsa {
 namespace cuda {
@@ -153,7 +154,10 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
                                                          const float* __restrict__ kreps_t,
                                                          const int32_t* __restrict__ bd, int n_plus_1, int seq, int dim,
                                                          int nqb, SelectKeysAttrs a, int32_t* __restrict__ indices,
-                                                         int32_t* __restrict__ counts) {
+                                                         int32_t* __restrict__ counts, bool early_successor) {
+  // Inside DhsaSelectAttention the successor is our attention kernel: it may start its blocks that
+  // need no indices while this one runs (the rest wait for this grid, hence for the representations).
+  if (early_successor) LaunchDependents();
   AfterPredecessor();
   const unsigned rank = kCluster ? ClusterRank() : 0, ranks = kCluster ? ClusterCtas() : 1;
   if constexpr (kCluster) ClusterArrive();  // this CTA's shared memory exists: the others may write it after their wait
@@ -347,7 +351,7 @@ unsigned SelectCluster(int ctas, int sms) {
 template <int kGroup, int kThreads>
 Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kreps_t, const int32_t* bd, int n_plus_1,
                     int seq, int dim, int nqb, int batch, const SelectKeysAttrs& a, int32_t* indices, int32_t* counts,
-                    int sms, cudaStream_t stream) {
+                    int sms, bool early_successor, cudaStream_t stream) {
   const size_t smem = SelectSmem(kGroup, n_plus_1 - 1, dim);
   const int ctas = (nqb + kGroup - 1) / kGroup;
   auto kernel = SelectKernel<kGroup, kThreads>;
@@ -359,7 +363,7 @@ Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kr
   DHSA_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    kSelectKeys, "cudaFuncSetAttribute");
   return CudaStatus(LaunchClustered(split, kernel, dim3(ctas * split, batch), kThreads, smem, stream, qsums, q_parts,
-                                    heads, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts),
+                                    heads, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts, early_successor),
                     kSelectKeys, "SelectKernel");
 }
 
@@ -370,17 +374,18 @@ Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kr
 template <int kGroup>
 Status LaunchSelectSized(bool lone_cta, const double* qsums, int q_parts, int heads, const float* kreps_t,
                          const int32_t* bd, int n_plus_1, int seq, int dim, int nqb, int batch,
-                         const SelectKeysAttrs& a, int32_t* indices, int32_t* counts, int sms, cudaStream_t stream) {
+                         const SelectKeysAttrs& a, int32_t* indices, int32_t* counts, int sms, bool early_successor,
+                         cudaStream_t stream) {
   return lone_cta ? LaunchSelect<kGroup, 1024>(qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, batch, a,
-                                               indices, counts, sms, stream)
+                                               indices, counts, sms, early_successor, stream)
                   : LaunchSelect<kGroup, 512>(qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, batch, a,
-                                              indices, counts, sms, stream);
+                                              indices, counts, sms, early_successor, stream);
 }
 
 template <typename T>
 struct Launch {
   static Status Run(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
-                    int32_t* indices, int32_t* counts, cudaStream_t stream, void* workspace) {
+                    int32_t* indices, int32_t* counts, cudaStream_t stream, void* workspace, bool early_successor) {
     const char* op = kSelectKeys;
     const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
     const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
@@ -417,7 +422,7 @@ struct Launch {
     const bool lone_cta = 2 * (SelectSmem(group, n, dim) + kStatic) > static_cast<size_t>(sm_smem);
     const auto select = [&](auto launch) {
       return launch(lone_cta, qsums, q_parts, heads, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, sms,
-                    stream);
+                    early_successor, stream);
     };
     switch (group) {
       case 8: return select(LaunchSelectSized<8>);
@@ -436,11 +441,17 @@ size_t SelectKeysWorkspace(const SelectKeysAttrs& a, int64_t batch, int64_t seq,
          Workspace::Align(batch * nqb * QueryRepParts(batch * nqb) * dim * sizeof(double));
 }
 
-Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
-                  int32_t* indices, int32_t* counts, void* stream, void* workspace) {
+Status SelectKeysBeforeAttention(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd,
+                                 int64_t n_plus_1, int32_t* indices, int32_t* counts, void* stream, void* workspace,
+                                 bool early_successor) {
   if (q.l > (1ll << 30)) return Status::Error("DhsaSelectKeys: L above 2^30 is not supported on CUDA");
   return DispatchFloat<Launch>(q.dtype, a, q, k, bd, n_plus_1, indices, counts, static_cast<cudaStream_t>(stream),
-                               workspace);
+                               workspace, early_successor);
+}
+
+Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
+                  int32_t* indices, int32_t* counts, void* stream, void* workspace) {
+  return SelectKeysBeforeAttention(a, q, k, bd, n_plus_1, indices, counts, stream, workspace, false);
 }
 
 }  // namespace cuda

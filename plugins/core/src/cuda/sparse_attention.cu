@@ -14,6 +14,7 @@
 
 #include "common.cuh"
 #include "dhsa/cuda.h"
+#include "select_attention.h"
 #include "wgmma.cuh"
 
 namespace dhsa {
@@ -35,8 +36,13 @@ struct Params {
   const int32_t* counts;
   int nb, hq, hkv, seq, group, block, window, tail0;
   float scale, softcap;
-  // grid.x = tail_ctas (tail row tiles x key splits) + sparse blocks x row_tiles
-  int row_tiles, tail_ctas;
+  // Per kv head: tail_ctas (tail row tiles x key splits), then the sparse blocks x row_tiles (see
+  // cta_item for the grid's order).
+  int row_tiles, tail_ctas, ctas_per_head;
+  // After the selection kernel (DhsaSelectAttention): the first fit_blocks blocks, whose eligible keys
+  // all fit the budget, attend to that whole range without reading indices; with the tail they are
+  // the independent CTAs, which start while the selection still runs.
+  int early, fit_blocks, fit_ctas;
   int tail_rows, splits, split_keys, key_lo;
   float* part_o;   // (B, Hq, T, splits, D)
   float* part_ml;  // (B, Hq, T, splits, 2)
@@ -137,24 +143,45 @@ struct RowInfo {
 };
 
 // What a CTA works on: query rows [tile_row0, +kBM) of a sparse block's gathered keys, or of one
-// key split of the dense tail. One grid holds both: the tail's CTAs first (they stream the most
-// keys), then the sparse blocks, latest (most keys) first, so short causal-prefix blocks fill the
-// last wave's gaps.
+// key split of the dense tail. One grid holds both: per kv head the tail's CTAs first (they stream
+// the most keys), then the sparse blocks, latest (most keys) first, so short causal-prefix blocks fill
+// the last wave's gaps. With `early`, the fitting blocks (longest first) follow the tail, and the
+// independent CTAs of every head come before all others, so that they are the ones that run beside
+// the selection kernel.
 struct CtaWork {
   bool gather;
   int b, hk, block_i, tile_row0, split, n_keys, key0;
   const int32_t* idx;
 };
 
+// (item within its kv head, kv head, batch) of this CTA.
+__device__ __forceinline__ int3 cta_item(const Params& p) {
+  if (!p.early) return make_int3(blockIdx.x, blockIdx.y % p.hkv, blockIdx.y / p.hkv);
+  const int x = static_cast<int>(blockIdx.x), ni = p.tail_ctas + p.fit_ctas;
+  if (x < ni * p.hkv) return make_int3(x % ni, x / ni, blockIdx.y);
+  const int xs = x - ni * p.hkv, ns = p.ctas_per_head - ni;
+  return make_int3(ni + xs % ns, xs / ns, blockIdx.y);
+}
+
 __device__ __forceinline__ CtaWork cta_work(const Params& p, bool gather) {
-  CtaWork w{gather, static_cast<int>(blockIdx.y) / p.hkv, static_cast<int>(blockIdx.y) % p.hkv, 0, 0, 0, 0, 0, nullptr};
-  const int x = static_cast<int>(blockIdx.x);
+  const int3 item = cta_item(p);
+  CtaWork w{gather, item.z, item.y, 0, 0, 0, 0, 0, nullptr};
+  const int x = item.x;
   if (gather) {
     const int sparse_blocks = (p.tail0 + p.block - 1) / p.block, nqb = (p.seq + p.block - 1) / p.block;
-    w.block_i = sparse_blocks - 1 - (x - p.tail_ctas) / p.row_tiles;
-    w.tile_row0 = ((x - p.tail_ctas) % p.row_tiles) * kBM;
-    w.n_keys = min(max(p.counts[static_cast<int64_t>(w.b) * nqb + w.block_i], 0), p.nb);
-    w.idx = p.indices + (static_cast<int64_t>(w.b) * nqb + w.block_i) * p.nb;
+    const int xs = x - p.tail_ctas;
+    if (xs < p.fit_ctas) {  // keys [lo, e) of block_i, as the selection would list them
+      w.block_i = p.fit_blocks - 1 - xs / p.row_tiles;
+      w.tile_row0 = (xs % p.row_tiles) * kBM;
+      const int s0 = w.block_i * p.block, e0 = min(s0 + p.block, p.tail0);
+      w.key0 = p.window > 0 ? max(0, s0 - p.window + 1) : 0;
+      w.n_keys = max(0, e0 - w.key0);
+    } else {
+      w.block_i = sparse_blocks - 1 - (xs - p.fit_ctas) / p.row_tiles;
+      w.tile_row0 = ((xs - p.fit_ctas) % p.row_tiles) * kBM;
+      w.n_keys = min(max(p.counts[static_cast<int64_t>(w.b) * nqb + w.block_i], 0), p.nb);
+      w.idx = p.indices + (static_cast<int64_t>(w.b) * nqb + w.block_i) * p.nb;
+    }
   } else {
     w.tile_row0 = (x / p.splits) * kBM;
     w.split = x % p.splits;
@@ -175,10 +202,17 @@ __device__ __forceinline__ RowInfo row_info(const Params& p, const CtaWork& w, i
   return (g < p.group && t < p.seq) ? RowInfo{g, t} : RowInfo{-1, 0};
 }
 
+// A CTA that started without waiting for the selection (p.early, no indices read) waits before it
+// stores: the output may be Q's buffer, whose rows the selection's representations kernel may still
+// be reading; and the attention grid then ends only after the selection.
+__device__ __forceinline__ void before_store(const Params& p, const CtaWork& w) {
+  if (p.early && !(w.gather && w.idx)) WaitForPredecessor();
+}
+
 // Key position of the CTA's j-th key (kNoKey past its keys): the block's j-th selected index, or
-// the split's j-th key.
+// the j-th key of a fitting block's range or of the split.
 __device__ __forceinline__ int key_at(const CtaWork& w, int j) {
-  return j < w.n_keys ? (w.gather ? w.idx[j] : w.key0 + j) : kNoKey;
+  return j < w.n_keys ? (w.gather && w.idx ? w.idx[j] : w.key0 + j) : kNoKey;
 }
 
 // A thread's key positions of one tile: rows my_r0 + i * kRowStep.
@@ -483,6 +517,7 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
     }
   }
   cp_async_wait<0>();
+  before_store(p, w);
   store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
 }
 
@@ -663,23 +698,30 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
     WgmmaWait<0>();
     WgmmaPin(o);
   }
+  before_store(p, w);
   if (w.gather && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) store_rows_staged<T, D>(p, w, o, l0, l1, q_s, warp, mtid);
   else store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
 }
 
-// The grid's first tail_ctas CTAs run the dense tail; each path is compiled on its own (inlined
-// with a constant), so neither pays for the other's branches inside the key loop.
+// A kv head's first tail_ctas CTAs run the dense tail; each path is compiled on its own (inlined
+// with a constant), so neither pays for the other's branches inside the key loop. Independent CTAs
+// (p.early) read only Q, K and V, which as DhsaSelectAttention's inputs were complete before its
+// first kernel waited for its predecessor, so they start without waiting for the selection.
 template <typename T, int D, int BN, int S>
 __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
-  AfterPredecessor();
-  if (static_cast<int>(blockIdx.x) < p.tail_ctas) FlashCta<T, D, BN, S>(p, false);
+  const int item = cta_item(p).x;
+  if (p.early && item < p.tail_ctas + p.fit_ctas) LaunchDependents();  // waits in before_store
+  else AfterPredecessor();
+  if (item < p.tail_ctas) FlashCta<T, D, BN, S>(p, false);
   else FlashCta<T, D, BN, S>(p, true);
 }
 
 template <typename T, int D, int SK>
 __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Params p) {
-  AfterPredecessor();
-  if (static_cast<int>(blockIdx.x) < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
+  const int item = cta_item(p).x;
+  if (p.early && item < p.tail_ctas + p.fit_ctas) LaunchDependents();  // waits in before_store
+  else AfterPredecessor();
+  if (item < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
   else WgmmaCta<T, D, SK>(p, true);
 }
 
@@ -798,10 +840,18 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
     p.tail_ctas = (p.group * p.tail_rows + kBM - 1) / kBM * p.splits;
   }
-  const int ctas = p.tail_ctas + sparse_blocks * p.row_tiles;
-  if (ctas > 0) {
-    DHSA_CUDA_RETURN(LaunchKernel(kernel, dim3(ctas, batch * p.hkv), threads, smem, stream, p), op,
-                     "attention kernel");
+  p.fit_blocks = 0;
+  if (p.early)  // leading blocks whose eligible range fits the budget: the selection keeps all of it
+    while (p.fit_blocks < sparse_blocks) {
+      const BlockRange r = block_range(p.fit_blocks, p.seq, p.block, p.window, p.seq - p.tail0);
+      if (r.hi - r.lo > p.nb) break;
+      ++p.fit_blocks;
+    }
+  p.fit_ctas = p.fit_blocks * p.row_tiles;
+  p.ctas_per_head = p.tail_ctas + sparse_blocks * p.row_tiles;
+  if (p.ctas_per_head > 0) {
+    const dim3 grid = p.early ? dim3(p.ctas_per_head * p.hkv, batch) : dim3(p.ctas_per_head, batch * p.hkv);
+    DHSA_CUDA_RETURN(LaunchKernel(kernel, grid, threads, smem, stream, p), op, "attention kernel");
   }
   if (p.tail_rows > 0) {
     DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T>, batch * p.hq * p.tail_rows, std::min(dim, 256), 0, stream,
@@ -902,9 +952,9 @@ size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, in
          Workspace::Align(batch * hq * tail * splits * 2 * sizeof(float));
 }
 
-Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
-                       const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
-                       void* workspace) {
+Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
+                                     const int32_t* indices, const int32_t* counts, int64_t nb, void* out,
+                                     void* stream, void* workspace, bool early) {
   if (q.l > (1ll << 30) || nb > (1ll << 30))
     return Status::Error("DhsaSparseAttention: L or Nb above 2^30 is not supported on CUDA");
   Params p{};
@@ -925,9 +975,16 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
   p.scale = a.scale;
   p.softcap = a.softcap;
   p.tail_rows = p.seq - p.tail0;
+  p.early = early && ProgrammaticLaunch();
   size_t ws_bytes = TensorCorePath(q.dtype, q.d) ? SparseAttentionWorkspace(a, q.b, q.h, q.l, q.d) : 0;
   return DispatchFloat<Launch>(q.dtype, p, static_cast<int>(q.b), static_cast<int>(q.d),
                                static_cast<cudaStream_t>(stream), workspace, ws_bytes);
+}
+
+Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
+                       const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
+                       void* workspace) {
+  return SparseAttentionAfterSelection(a, q, k, v, indices, counts, nb, out, stream, workspace, false);
 }
 
 }  // namespace cuda
