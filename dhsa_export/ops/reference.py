@@ -1,4 +1,4 @@
-"""Eager PyTorch reference of the three DHSA ops: the definition every runtime is checked against.
+"""Eager PyTorch reference of the DHSA ops: the definition every runtime is checked against.
 
 Written for clarity first (token-level selection, explicit masks), vectorised so that 8K-token CPU
 runs stay practical, and chunked over query blocks so memory stays bounded at long L.
