@@ -167,8 +167,6 @@ class CudaKernels:
                          instruction_tokens, out=None):
         """out: a buffer for the result, which may be `query` itself (the kernels read each query row
         before writing that row's output, as ORT's in-place reuse of Q's buffer relies on)."""
-        import torch
-
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
         indices, counts = indices.contiguous(), counts.contiguous()
         out = _output(out, query)
@@ -186,16 +184,15 @@ class CudaKernels:
                          scale, softcap, sliding_window, instruction_tokens, out=None):
         """select_keys then sparse_attention in one launch sequence, the attention's blocks that need no
         selection running beside it; out as in sparse_attention (may be `query` itself)."""
-        import torch
-
         query, key, value, boundaries = query.contiguous(), key.contiguous(), value.contiguous(), boundaries.contiguous()
         out = _output(out, query, key, value)
         err = ctypes.create_string_buffer(512)
-        iattrs = self._i64([block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens])
+        iattrs = [block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens]
         ws = self._workspace(3, query.shape, iattrs, boundaries.shape[1], query.device)
         rc = self.lib.dhsa_cuda_select_attention(
             query.data_ptr(), key.data_ptr(), value.data_ptr(), self._dtype(query), self._i64(query.shape),
-            self._i64(key.shape), boundaries.data_ptr(), boundaries.shape[1], iattrs, float(scale), float(softcap),
+            self._i64(key.shape), boundaries.data_ptr(), boundaries.shape[1], self._i64(iattrs), float(scale),
+            float(softcap),
             out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
         self._check(rc, err)
         return out

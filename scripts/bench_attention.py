@@ -91,6 +91,11 @@ def dense_fn(q, k, v):
     return out
 
 
+def boundaries(kernels, k):
+    """The chunk boundaries every DHSA run here uses (training-free similarity cuts)."""
+    return kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
+
+
 def dhsa_fn(kernels, q, k, v, budget, in_place=False):
     """The layer as exported: boundaries, then selection + attention as one op (DhsaSelectAttention,
     which overlaps the two). in_place: the output overwrites Q, as in an ORT session, which hands the
@@ -98,7 +103,7 @@ def dhsa_fn(kernels, q, k, v, budget, in_place=False):
     dim = q.shape[-1]
 
     def run():
-        bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
+        bd = boundaries(kernels, k)
         return kernels.select_attention(q, k, v, bd, BLOCK, budget, LOCAL, GLOBAL, dim ** -0.5, 0.0, 0, INSTR,
                                         out=q if in_place else None)
 
@@ -110,7 +115,7 @@ def dhsa_separate_fn(kernels, q, k, v, budget):
     dim = q.shape[-1]
 
     def run():
-        bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
+        bd = boundaries(kernels, k)
         idx, cnt = kernels.select_keys(q, k, bd, BLOCK, budget, LOCAL, GLOBAL, 0, INSTR)
         return kernels.sparse_attention(q, k, v, idx, cnt, BLOCK, dim ** -0.5, 0.0, 0, INSTR)
 
@@ -165,11 +170,10 @@ def main() -> None:
                 q_work = q.clone()  # the in-place run's Q, allocated before the measurement like q
                 mem_in_place = peak_mib(dhsa_fn(kernels, q_work, k, v, budget, in_place=True))
                 del q_work
-                bd = kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2, 0.0, INSTR)
+                bd = boundaries(kernels, k)
                 idx, cnt = kernels.select_keys(q, k, bd, BLOCK, budget, LOCAL, GLOBAL, 0, INSTR)
                 stages = {
-                    "boundaries_ms": lambda: kernels.chunk_boundaries(k, None, "similarity", BLOCK, BETA, BLOCK, 4, 2,
-                                                                      0.0, INSTR),
+                    "boundaries_ms": lambda: boundaries(kernels, k),
                     "selection_ms": lambda: kernels.select_keys(q, k, bd, BLOCK, budget, LOCAL, GLOBAL, 0, INSTR),
                     "attention_ms": lambda: kernels.sparse_attention(q, k, v, idx, cnt, BLOCK, dim ** -0.5, 0.0, 0,
                                                                      INSTR),

@@ -3,6 +3,7 @@ launch. Needs a GPU and libdhsa_cuda.so; skipped elsewhere (run through scripts/
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -416,15 +417,12 @@ def test_select_attention_rejects_an_overlapping_out(kernels):
     shape = (1, 2, 70, 64)
     bd = torch.tensor([[0, 35, 70]], device="cuda", dtype=torch.int32)
     big = torch.zeros(2 * 2 * 70 * 64, device="cuda", dtype=torch.bfloat16)
-    q, shifted = big[: q_numel(shape)].view(shape), big[64: 64 + q_numel(shape)].view(shape)
+    n = math.prod(shape)
+    q, shifted = big[:n].view(shape), big[64: 64 + n].view(shape)
     out = torch.zeros(shape, device="cuda", dtype=torch.bfloat16)
     for query, key, dst in ((q, q[:, :1], shifted), (q, out[:, :1], out)):  # part of the query; the key
         with pytest.raises(DHSAError, match="overlaps the key, the value or part of the query"):
             kernels.select_attention(query, key, key, bd, 64, 64, 16, 16, 0.125, 0.0, 0, 0, out=dst)
-
-
-def q_numel(shape) -> int:
-    return int(np.prod(shape))
 
 
 def test_softcap_and_sliding_window_long(kernels, seed):

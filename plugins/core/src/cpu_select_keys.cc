@@ -68,7 +68,7 @@ Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const 
     std::fill(out, out + budget, -1);
     const BlockRange r = block_range(i, l, a.block_size, a.sliding_window, a.instruction_tokens);
     const int64_t eligible = r.hi - r.lo;
-    if (eligible <= budget) {
+    if (keeps_whole_range(r, budget)) {
       for (int64_t j = r.lo; j < r.hi; ++j) out[j - r.lo] = static_cast<int32_t>(j);
       counts[b * nqb + i] = static_cast<int32_t>(std::max<int64_t>(eligible, 0));
       return;

@@ -96,6 +96,10 @@ DHSA_HD inline BlockRange block_range(int64_t i, int64_t seq, int64_t block, int
   r.hi = r.e > r.s ? r.e : r.lo;
   return r;
 }
+// A block whose eligible keys all fit the budget keeps every one, in order: the selection writes
+// [lo, hi) without scoring, and DhsaSelectAttention's kernels rely on it to attend to such a block
+// without reading its indices.
+DHSA_HD inline bool keeps_whole_range(const BlockRange& r, int64_t budget) { return r.hi - r.lo <= budget; }
 
 // Data checks the kernels run before reading through a tensor's values.
 Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq);

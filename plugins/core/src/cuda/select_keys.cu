@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
     const BlockRange r = block_range(i, seq, a.block_size, a.sliding_window, a.instruction_tokens);
     const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
     return Range{lo, hi, lo + static_cast<int>(a.global_tokens), hi - static_cast<int>(a.local_tokens),
-                 hi - lo > budget};
+                 !keeps_whole_range(r, budget)};
   };
   // The chunks holding f0 and f1 - 1, one warp per search (a 32-way search: a binary one was ten
   // dependent loads that every other thread waited for).

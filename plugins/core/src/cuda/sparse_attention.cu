@@ -170,12 +170,12 @@ __device__ __forceinline__ CtaWork cta_work(const Params& p, bool gather) {
   if (gather) {
     const int sparse_blocks = (p.tail0 + p.block - 1) / p.block, nqb = (p.seq + p.block - 1) / p.block;
     const int xs = x - p.tail_ctas;
-    if (xs < p.fit_ctas) {  // keys [lo, e) of block_i, as the selection would list them
+    if (xs < p.fit_ctas) {  // keys [lo, hi) of block_i, as the selection lists them
       w.block_i = p.fit_blocks - 1 - xs / p.row_tiles;
       w.tile_row0 = (xs % p.row_tiles) * kBM;
-      const int s0 = w.block_i * p.block, e0 = min(s0 + p.block, p.tail0);
-      w.key0 = p.window > 0 ? max(0, s0 - p.window + 1) : 0;
-      w.n_keys = max(0, e0 - w.key0);
+      const BlockRange r = block_range(w.block_i, p.seq, p.block, p.window, p.seq - p.tail0);
+      w.key0 = static_cast<int>(r.lo);
+      w.n_keys = static_cast<int>(r.hi - r.lo);
     } else {
       w.block_i = sparse_blocks - 1 - (xs - p.fit_ctas) / p.row_tiles;
       w.tile_row0 = ((xs - p.fit_ctas) % p.row_tiles) * kBM;
@@ -841,12 +841,10 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
     p.tail_ctas = (p.group * p.tail_rows + kBM - 1) / kBM * p.splits;
   }
   p.fit_blocks = 0;
-  if (p.early)  // leading blocks whose eligible range fits the budget: the selection keeps all of it
-    while (p.fit_blocks < sparse_blocks) {
-      const BlockRange r = block_range(p.fit_blocks, p.seq, p.block, p.window, p.seq - p.tail0);
-      if (r.hi - r.lo > p.nb) break;
+  if (p.early)  // the leading blocks that keep their whole eligible range
+    while (p.fit_blocks < sparse_blocks &&
+           keeps_whole_range(block_range(p.fit_blocks, p.seq, p.block, p.window, p.seq - p.tail0), p.nb))
       ++p.fit_blocks;
-    }
   p.fit_ctas = p.fit_blocks * p.row_tiles;
   p.ctas_per_head = p.tail_ctas + sparse_blocks * p.row_tiles;
   if (p.ctas_per_head > 0) {
