@@ -188,7 +188,7 @@ class CudaKernels:
         out = _output(out, query, key, value)
         err = ctypes.create_string_buffer(512)
         iattrs = [block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens]
-        ws = self._workspace(3, query.shape, iattrs, boundaries.shape[1], query.device)
+        ws = self._workspace(3, [*query.shape, key.shape[1]], iattrs, boundaries.shape[1], query.device)
         rc = self.lib.dhsa_cuda_select_attention(
             query.data_ptr(), key.data_ptr(), value.data_ptr(), self._dtype(query), self._i64(query.shape),
             self._i64(key.shape), boundaries.data_ptr(), boundaries.shape[1], self._i64(iattrs), float(scale),

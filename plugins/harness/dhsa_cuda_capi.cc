@@ -145,10 +145,10 @@ __attribute__((visibility("default"))) int64_t dhsa_cuda_workspace_size(int op, 
       a.instruction_tokens = iattrs[1];
       return static_cast<int64_t>(dhsa::cuda::SparseAttentionWorkspace(a, shape[0], shape[1], shape[2], shape[3]));
     }
-    case 3: {  // select attention: shape = query; iattrs as dhsa_cuda_select_attention's; extra = N + 1
+    case 3: {  // select attention: shape = query + (Hkv); iattrs as dhsa_cuda_select_attention's; extra = N + 1
       const dhsa::SelectAttentionAttrs a = SelectAttentionOf(iattrs, 0.f, 0.f);
       return static_cast<int64_t>(
-          dhsa::cuda::SelectAttentionWorkspace(a, shape[0], shape[1], shape[2], shape[3], extra));
+          dhsa::cuda::SelectAttentionWorkspace(a, shape[0], shape[1], shape[4], shape[2], shape[3], extra));
     }
     default: return -1;
   }

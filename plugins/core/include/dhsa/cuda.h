@@ -28,8 +28,8 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
 
 // DhsaSelectAttention: the selection into the workspace, then the attention, which starts its blocks
 // that need no indices while the selection kernel runs (programmatic launch, compute capability 9.0+).
-size_t SelectAttentionWorkspace(const SelectAttentionAttrs& a, int64_t batch, int64_t hq, int64_t seq, int64_t dim,
-                                int64_t n_plus_1);
+size_t SelectAttentionWorkspace(const SelectAttentionAttrs& a, int64_t batch, int64_t hq, int64_t hkv, int64_t seq,
+                                int64_t dim, int64_t n_plus_1);
 Status SelectAttention(const SelectAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v, const int32_t* bd,
                        int64_t n_plus_1, void* out, void* stream, void* workspace = nullptr);
 

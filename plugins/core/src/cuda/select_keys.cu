@@ -113,15 +113,17 @@ __device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads
 
 // Both kinds of representation in one grid: the first n_plus_1 - 1 CTAs sum a chunk each, the rest
 // a query-block part each. They are independent, and as two launches each left most SMs idle at
-// short L.
+// short L. The first CTA also zeroes `zero` (DhsaSelectAttention's tail-merge counters).
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kRepThreads) RepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd,
                                                           int kv_heads, FastDiv by_kv_heads, int n_plus_1,
                                                           float* __restrict__ kreps, const T* __restrict__ query,
                                                           int q_heads, FastDiv by_q_heads, int block,
                                                           int tail0, int nqb, int parts, double* __restrict__ qsums,
-                                                          int seq, int dim) {
+                                                          int seq, int dim, int32_t* __restrict__ zero, int n_zero) {
   AfterPredecessor();
+  if (blockIdx.x == 0 && blockIdx.y == 0)
+    for (int i = threadIdx.x; i < n_zero; i += kRepThreads) zero[i] = 0;
   const int x = static_cast<int>(blockIdx.x), chunks = n_plus_1 - 1;
   if (x < chunks) ChunkReps<T, kVec>(key, bd, kv_heads, by_kv_heads, seq, dim, n_plus_1, kreps, x);
   else QueryReps<T, kVec>(query, q_heads, by_q_heads, seq, dim, block, tail0, nqb, parts, qsums, x - chunks);
@@ -319,7 +321,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
 // Chunk and query representations, kVec-element (16-byte) or single-element loads.
 template <typename T, int kVec>
 Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
-                  float* kreps, double* qsums, int q_parts, cudaStream_t stream) {
+                  float* kreps, double* qsums, int q_parts, int32_t* zero, int n_zero, cudaStream_t stream) {
   const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
   const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
   const size_t smem = static_cast<size_t>(kRepThreads / (dim / kVec)) * dim * sizeof(double);
@@ -330,7 +332,7 @@ Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const 
                                  static_cast<const T*>(q.data), static_cast<int>(q.h),
                                  FastDiv(static_cast<uint32_t>(q.h)), static_cast<int>(a.block_size),
                                  static_cast<int>(tail_start(q.l, a.instruction_tokens)), nqb, q_parts, qsums, seq,
-                                 dim),
+                                 dim, zero, n_zero),
                     kSelectKeys, "RepsKernel");
 }
 
@@ -385,7 +387,8 @@ Status LaunchSelectSized(bool lone_cta, const double* qsums, int q_parts, int he
 template <typename T>
 struct Launch {
   static Status Run(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
-                    int32_t* indices, int32_t* counts, cudaStream_t stream, void* workspace, bool early_successor) {
+                    int32_t* indices, int32_t* counts, cudaStream_t stream, void* workspace, bool early_successor,
+                    int32_t* zero, int n_zero) {
     const char* op = kSelectKeys;
     const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
     const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
@@ -415,8 +418,8 @@ struct Launch {
     constexpr int kVec = 16 / static_cast<int>(sizeof(T));
     const bool vec = dim % kVec == 0 && reinterpret_cast<uintptr_t>(q.data) % 16 == 0 &&
                      reinterpret_cast<uintptr_t>(k.data) % 16 == 0;
-    const Status reps = vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, stream)
-                            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, stream);
+    const Status reps = vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, zero, n_zero, stream)
+                            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, zero, n_zero, stream);
     DHSA_RETURN_IF_ERROR(reps);
     const int np1 = static_cast<int>(n_plus_1), heads = static_cast<int>(q.h);
     const bool lone_cta = 2 * (SelectSmem(group, n, dim) + kStatic) > static_cast<size_t>(sm_smem);
@@ -443,10 +446,10 @@ size_t SelectKeysWorkspace(const SelectKeysAttrs& a, int64_t batch, int64_t seq,
 
 Status SelectKeysBeforeAttention(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd,
                                  int64_t n_plus_1, int32_t* indices, int32_t* counts, void* stream, void* workspace,
-                                 bool early_successor) {
+                                 bool early_successor, int32_t* zero, int64_t n_zero) {
   if (q.l > (1ll << 30)) return Status::Error("DhsaSelectKeys: L above 2^30 is not supported on CUDA");
   return DispatchFloat<Launch>(q.dtype, a, q, k, bd, n_plus_1, indices, counts, static_cast<cudaStream_t>(stream),
-                               workspace, early_successor);
+                               workspace, early_successor, zero, static_cast<int>(n_zero));
 }
 
 Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,

@@ -46,6 +46,9 @@ struct Params {
   int tail_rows, splits, split_keys, key_lo;
   float* part_o;   // (B, Hq, T, splits, D)
   float* part_ml;  // (B, Hq, T, splits, 2)
+  // Per (b, kv head, tail row tile), zeroed by an earlier kernel of the op (DhsaSelectAttention): the
+  // last of a tile's splits to finish merges them, instead of a kernel after the grid.
+  int* merge_counters;
 };
 
 // ---- PTX wrappers ------------------------------------------------------------------------------
@@ -392,6 +395,53 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
   }
 }
 
+// Tail row `row` ((b * Hq + h) * T + t - tail0) of the output: its key splits merged, one warp,
+// four columns per lane: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). The partials come from
+// other CTAs, so they are read past L1.
+template <typename T, int D>
+__device__ __forceinline__ void merge_tail_row(const Params& p, int64_t row, int lane) {
+  const float* ml = p.part_ml + row * p.splits * 2;
+  float mx = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, __ldcg(ml + s * 2));
+  const float use = mx == -INFINITY ? 0.f : mx;
+  float denom = 0.f;
+  for (int s = 0; s < p.splits; ++s) denom += __ldcg(ml + s * 2 + 1) * exp2f(__ldcg(ml + s * 2) - use);
+  const int64_t bh = row / p.tail_rows, tt = row % p.tail_rows;
+  T* dst = static_cast<T*>(p.out) + (bh * p.seq + p.tail0 + tt) * D;
+  for (int d = lane * 4; d < D; d += 128) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int s = 0; s < p.splits; ++s) {
+      const float f = exp2f(__ldcg(ml + s * 2) - use);
+      const float4 o = __ldcg(reinterpret_cast<const float4*>(p.part_o + (row * p.splits + s) * D + d));
+      acc[0] += o.x * f, acc[1] += o.y * f, acc[2] += o.z * f, acc[3] += o.w * f;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dst[d + e] = from_float<T>(denom > 0.f ? acc[e] / denom : 0.f);
+  }
+}
+
+// A tail CTA after its partials are stored (p.merge_counters): the tile's last split to finish merges
+// all of them. `sync` is a barrier of the 256 storing threads (tid), `flag` one free shared word.
+template <typename T, int D, typename Sync>
+__device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w, int tid, int* flag, Sync sync) {
+  __threadfence();  // this CTA's partials before its arrival
+  sync();
+  if (tid == 0) {
+    const int tiles = p.tail_ctas / p.splits;
+    int* c = p.merge_counters + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * tiles + w.tile_row0 / kBM;
+    *flag = atomicAdd(c, 1) == p.splits - 1;
+    __threadfence();  // the others' partials before ours are read
+  }
+  sync();
+  if (!*flag) return;
+  for (int r = tid / 32; r < kBM; r += 8) {
+    const int rr = w.tile_row0 + r, g = rr / p.tail_rows, tt = rr % p.tail_rows;
+    if (g >= p.group || p.tail0 + tt >= p.seq) continue;
+    const int hq = w.hk * p.group + g;
+    merge_tail_row<T, D>(p, (static_cast<int64_t>(w.b) * p.hq + hq) * p.tail_rows + tt, tid % 32);
+  }
+}
+
 // Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
 constexpr int kMmaSync = 1;
 
@@ -519,6 +569,8 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   cp_async_wait<0>();
   before_store(p, w);
   store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
+  if (!gather && p.merge_counters)
+    merge_if_last<T, D>(p, w, tid, reinterpret_cast<int*>(q_s), [] { __syncthreads(); });
 }
 
 // Hopper kernel, warp-specialised as in FlashAttention-3. All threads copy Q, then warpgroup 0
@@ -701,6 +753,8 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   before_store(p, w);
   if (w.gather && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) store_rows_staged<T, D>(p, w, o, l0, l1, q_s, warp, mtid);
   else store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
+  if (!gather && p.merge_counters)
+    merge_if_last<T, D>(p, w, mtid, reinterpret_cast<int*>(q_s), [] { NamedSync(kMmaSync, 256); });
 }
 
 // A kv head's first tail_ctas CTAs run the dense tail; each path is compiled on its own (inlined
@@ -725,30 +779,12 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
   else WgmmaCta<T, D, SK>(p, true);
 }
 
-// Merge the tail's key splits: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
-template <typename T>
-__global__ void MergeSplitsKernel(const float* __restrict__ part_o, const float* __restrict__ part_ml, int splits,
-                                  int dim, int seq, int tail0, int tail_rows, T* __restrict__ out) {
+// Merge of the tail's key splits after the grid (standalone DhsaSparseAttention): a warp per row.
+template <typename T, int D>
+__global__ void MergeSplitsKernel(Params p, int64_t rows) {
   AfterPredecessor();
-  const int row = blockIdx.x;  // (b * hq + h) * tail_rows + tt
-  const int tt = row % tail_rows, bh = row / tail_rows;
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_ml[(static_cast<int64_t>(row) * splits + s) * 2]);
-  const float use = mx == -INFINITY ? 0.f : mx;
-  float denom = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float* ml = part_ml + (static_cast<int64_t>(row) * splits + s) * 2;
-    denom += ml[1] * exp2f(ml[0] - use);
-  }
-  T* dst = out + (static_cast<int64_t>(bh) * seq + tail0 + tt) * dim;
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-    float acc = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const int64_t slot = static_cast<int64_t>(row) * splits + s;
-      acc += part_o[slot * dim + d] * exp2f(part_ml[slot * 2] - use);
-    }
-    dst[d] = from_float<T>(denom > 0.f ? acc / denom : 0.f);
-  }
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row < rows) merge_tail_row<T, D>(p, row, threadIdx.x % 32);
 }
 
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
@@ -818,13 +854,14 @@ int TailSplits(int range, int* split_keys) {
 
 using KernelFn = void (*)(Params);
 
-// One launch for the dense tail's key splits and the sparse blocks, then the merge of the splits.
-template <typename T>
-Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* workspace, size_t ws_bytes, size_t smem,
+// One launch for the dense tail's key splits and the sparse blocks, then the merge of the splits
+// (unless the grid merges them itself).
+template <typename T, int D>
+Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, size_t smem,
                   int max_smem, KernelFn kernel, int threads) {
   const char* op = kSparseAttention;
   if (smem > static_cast<size_t>(max_smem))
-    return Status::Error(std::string(op) + ": head dim " + std::to_string(dim) + " needs " + std::to_string(smem) +
+    return Status::Error(std::string(op) + ": head dim " + std::to_string(D) + " needs " + std::to_string(smem) +
                          " bytes of shared memory per block; this GPU offers " + std::to_string(max_smem));
   DHSA_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    op, "cudaFuncSetAttribute");
@@ -836,7 +873,7 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
   if (p.tail_rows > 0) {
     p.key_lo = p.window > 0 ? std::max(0, p.tail0 - p.window + 1) : 0;
     p.splits = TailSplits(p.seq - p.key_lo, &p.split_keys);
-    p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * dim);
+    p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * D);
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
     p.tail_ctas = (p.group * p.tail_rows + kBM - 1) / kBM * p.splits;
   }
@@ -851,10 +888,10 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
     const dim3 grid = p.early ? dim3(p.ctas_per_head * p.hkv, batch) : dim3(p.ctas_per_head, batch * p.hkv);
     DHSA_CUDA_RETURN(LaunchKernel(kernel, grid, threads, smem, stream, p), op, "attention kernel");
   }
-  if (p.tail_rows > 0) {
-    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T>, batch * p.hq * p.tail_rows, std::min(dim, 256), 0, stream,
-                                  p.part_o, p.part_ml, p.splits, dim, p.seq, p.tail0, p.tail_rows,
-                                  static_cast<T*>(p.out)),
+  if (p.tail_rows > 0 && !p.merge_counters) {
+    const int64_t rows = int64_t{batch} * p.hq * p.tail_rows;
+    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, static_cast<unsigned>((rows + 7) / 8), 256, 0, stream, p,
+                                  rows),
                      op, "MergeSplitsKernel");
   }
   return Status::Ok();
@@ -862,13 +899,13 @@ Status RunKernels(Params p, int batch, int dim, cudaStream_t stream, void* works
 
 template <typename T, int D, int BN, int S>
 Status RunTiles(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
-  return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, Tiles<D, BN, S>::kSmem, max_smem,
+  return RunKernels<T, D>(p, batch, stream, workspace, ws_bytes, Tiles<D, BN, S>::kSmem, max_smem,
                        FlashKernel<T, D, BN, S>, kThreads);
 }
 
 template <typename T, int D, int SK>
 Status RunWgmma(Params p, int batch, cudaStream_t stream, void* workspace, size_t ws_bytes, int max_smem) {
-  return RunKernels<T>(p, batch, D, stream, workspace, ws_bytes, WgmmaTiles<D, SK>::kSmem, max_smem,
+  return RunKernels<T, D>(p, batch, stream, workspace, ws_bytes, WgmmaTiles<D, SK>::kSmem, max_smem,
                        WgmmaKernel<T, D, SK>, WgmmaTiles<D, SK>::kThreads);
 }
 
@@ -950,9 +987,14 @@ size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, in
          Workspace::Align(batch * hq * tail * splits * 2 * sizeof(float));
 }
 
+int64_t TailMergeCounters(const SparseAttentionAttrs& a, int64_t batch, int64_t hq, int64_t hkv, int64_t seq) {
+  const int64_t tail = seq - tail_start(seq, a.instruction_tokens);
+  return batch * hkv * ceil_div(hq / hkv * tail, kBM);
+}
+
 Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                                      const int32_t* indices, const int32_t* counts, int64_t nb, void* out,
-                                     void* stream, void* workspace, bool early) {
+                                     void* stream, void* workspace, bool early, int32_t* merge_counters) {
   if (q.l > (1ll << 30) || nb > (1ll << 30))
     return Status::Error("DhsaSparseAttention: L or Nb above 2^30 is not supported on CUDA");
   Params p{};
@@ -974,6 +1016,7 @@ Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& 
   p.softcap = a.softcap;
   p.tail_rows = p.seq - p.tail0;
   p.early = early && ProgrammaticLaunch();
+  p.merge_counters = merge_counters;
   size_t ws_bytes = TensorCorePath(q.dtype, q.d) ? SparseAttentionWorkspace(a, q.b, q.h, q.l, q.d) : 0;
   return DispatchFloat<Launch>(q.dtype, p, static_cast<int>(q.b), static_cast<int>(q.d),
                                static_cast<cudaStream_t>(stream), workspace, ws_bytes);
@@ -982,7 +1025,7 @@ Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& 
 Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                        const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
                        void* workspace) {
-  return SparseAttentionAfterSelection(a, q, k, v, indices, counts, nb, out, stream, workspace, false);
+  return SparseAttentionAfterSelection(a, q, k, v, indices, counts, nb, out, stream, workspace, false, nullptr);
 }
 
 }  // namespace cuda
