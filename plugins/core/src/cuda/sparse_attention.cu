@@ -395,35 +395,90 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
   }
 }
 
-// Tail row `row` ((b * Hq + h) * T + t - tail0) of the output: its key splits merged, one warp,
-// four columns per lane: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). The partials come from
-// other CTAs, so they are read past L1.
-template <typename T, int D>
-__device__ __forceinline__ void merge_tail_row(const Params& p, int64_t row, int lane) {
-  const float* ml = p.part_ml + row * p.splits * 2;
-  float mx = -INFINITY;
-  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, __ldcg(ml + s * 2));
-  const float use = mx == -INFINITY ? 0.f : mx;
-  float denom = 0.f;
-  for (int s = 0; s < p.splits; ++s) denom += __ldcg(ml + s * 2 + 1) * exp2f(__ldcg(ml + s * 2) - use);
-  const int64_t bh = row / p.tail_rows, tt = row % p.tail_rows;
-  T* dst = static_cast<T*>(p.out) + (bh * p.seq + p.tail0 + tt) * D;
-  for (int d = lane * 4; d < D; d += 128) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s = 0; s < p.splits; ++s) {
-      const float f = exp2f(__ldcg(ml + s * 2) - use);
-      const float4 o = __ldcg(reinterpret_cast<const float4*>(p.part_o + (row * p.splits + s) * D + d));
-      acc[0] += o.x * f, acc[1] += o.y * f, acc[2] += o.z * f, acc[3] += o.w * f;
+constexpr int kMaxSplits = 16;  // TailSplits' cap
+
+// Row tile `tile` of kv head hk's tail (kBM rows of its query heads), its key splits merged into the
+// output: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). 256 threads (tid): first each row's
+// factors into shared memory (f: kBM x (kMaxSplits + 1) floats), then 16-byte column chunks, four at
+// a time so their loads are in flight together. The partials come from other CTAs: read past L1.
+template <typename T, int D, typename Sync>
+__device__ __forceinline__ void merge_tail_tile(const Params& p, int b, int hk, int tile, float* f, int tid,
+                                                Sync sync) {
+  constexpr int kF = kMaxSplits + 1, kChunks = D / 4;
+  const int splits = p.splits;
+  auto row_of = [&](int r) -> int64_t {  // (b * Hq + h) * T + t - tail0, or -1 past the tail
+    const int rr = tile * kBM + r, g = rr / p.tail_rows, tt = rr % p.tail_rows;
+    if (g >= p.group || p.tail0 + tt >= p.seq) return -1;
+    return (static_cast<int64_t>(b) * p.hq + hk * p.group + g) * p.tail_rows + tt;
+  };
+  for (int r = tid; r < kBM; r += 256) {
+    const int64_t row = row_of(r);
+    if (row < 0) continue;
+    const float* ml = p.part_ml + row * splits * 2;
+    float m[kMaxSplits], l[kMaxSplits], mx = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) {
+      m[s] = s < splits ? __ldcg(ml + s * 2) : -INFINITY;
+      l[s] = s < splits ? __ldcg(ml + s * 2 + 1) : 0.f;
+      mx = fmaxf(mx, m[s]);
+    }
+    const float use = mx == -INFINITY ? 0.f : mx;
+    float denom = 0.f;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s)
+      if (s < splits) {
+        f[r * kF + s] = exp2f(m[s] - use);
+        denom += l[s] * f[r * kF + s];
+      }
+    f[r * kF + kMaxSplits] = denom;
+  }
+  sync();
+  constexpr int kAtOnce = 4;
+  for (int i0 = tid; i0 < kBM * kChunks; i0 += 256 * kAtOnce) {
+    float4 acc[kAtOnce];
+    int64_t row[kAtOnce];
+#pragma unroll
+    for (int j = 0; j < kAtOnce; ++j) {
+      acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+      const int i = i0 + j * 256;
+      row[j] = i < kBM * kChunks ? row_of(i / kChunks) : -1;
+    }
+    for (int s = 0; s < splits; ++s) {
+      float4 o[kAtOnce];
+#pragma unroll
+      for (int j = 0; j < kAtOnce; ++j)
+        if (row[j] >= 0)
+          o[j] = __ldcg(reinterpret_cast<const float4*>(p.part_o + (row[j] * splits + s) * D) + (i0 + j * 256) % kChunks);
+#pragma unroll
+      for (int j = 0; j < kAtOnce; ++j)
+        if (row[j] >= 0) {
+          const float w = f[((i0 + j * 256) / kChunks) * kF + s];
+          acc[j].x += o[j].x * w, acc[j].y += o[j].y * w, acc[j].z += o[j].z * w, acc[j].w += o[j].w * w;
+        }
     }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dst[d + e] = from_float<T>(denom > 0.f ? acc[e] / denom : 0.f);
+    for (int j = 0; j < kAtOnce; ++j) {
+      if (row[j] < 0) continue;
+      const int i = i0 + j * 256, r = i / kChunks;
+      const float denom = f[r * kF + kMaxSplits];
+      const int64_t bh = row[j] / p.tail_rows, tt = row[j] % p.tail_rows;
+      T* dst = static_cast<T*>(p.out) + (bh * p.seq + p.tail0 + tt) * D + (i % kChunks) * 4;
+      const float a[4] = {acc[j].x, acc[j].y, acc[j].z, acc[j].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dst[e] = from_float<T>(denom > 0.f ? a[e] / denom : 0.f);
+    }
   }
 }
 
+// Shared memory merge_tail_tile needs.
+constexpr size_t kMergeSmem = kBM * (kMaxSplits + 1) * sizeof(float);
+
 // A tail CTA after its partials are stored (p.merge_counters): the tile's last split to finish merges
-// all of them. `sync` is a barrier of the 256 storing threads (tid), `flag` one free shared word.
+// all of them. `sync` is a barrier of the 256 storing threads (tid); `scratch`: kMergeSmem + 16 bytes
+// of shared memory this CTA no longer uses.
 template <typename T, int D, typename Sync>
-__device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w, int tid, int* flag, Sync sync) {
+__device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w, int tid, void* scratch, Sync sync) {
+  int* flag = static_cast<int*>(scratch);
   __threadfence();  // this CTA's partials before its arrival
   sync();
   if (tid == 0) {
@@ -433,13 +488,7 @@ __device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w,
     __threadfence();  // the others' partials before ours are read
   }
   sync();
-  if (!*flag) return;
-  for (int r = tid / 32; r < kBM; r += 8) {
-    const int rr = w.tile_row0 + r, g = rr / p.tail_rows, tt = rr % p.tail_rows;
-    if (g >= p.group || p.tail0 + tt >= p.seq) continue;
-    const int hq = w.hk * p.group + g;
-    merge_tail_row<T, D>(p, (static_cast<int64_t>(w.b) * p.hq + hq) * p.tail_rows + tt, tid % 32);
-  }
+  if (*flag) merge_tail_tile<T, D>(p, w.b, w.hk, w.tile_row0 / kBM, static_cast<float*>(scratch) + 4, tid, sync);
 }
 
 // Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
@@ -569,8 +618,8 @@ __device__ __forceinline__ void FlashCta(const Params& p, bool gather) {
   cp_async_wait<0>();
   before_store(p, w);
   store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
-  if (!gather && p.merge_counters)
-    merge_if_last<T, D>(p, w, tid, reinterpret_cast<int*>(q_s), [] { __syncthreads(); });
+  static_assert(kMergeSmem + 16 <= TL::kQBytes, "the merge's scratch fits in Q's tile");
+  if (!gather && p.merge_counters) merge_if_last<T, D>(p, w, tid, q_s, [] { __syncthreads(); });
 }
 
 // Hopper kernel, warp-specialised as in FlashAttention-3. All threads copy Q, then warpgroup 0
@@ -753,8 +802,8 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
   before_store(p, w);
   if (w.gather && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) store_rows_staged<T, D>(p, w, o, l0, l1, q_s, warp, mtid);
   else store_rows<T, D>(p, w, o, r0, r1, m0, m1, l0, l1);
-  if (!gather && p.merge_counters)
-    merge_if_last<T, D>(p, w, mtid, reinterpret_cast<int*>(q_s), [] { NamedSync(kMmaSync, 256); });
+  static_assert(kMergeSmem + 16 <= TL::kQBytes, "the merge's scratch fits in Q's tile");
+  if (!gather && p.merge_counters) merge_if_last<T, D>(p, w, mtid, q_s, [] { NamedSync(kMmaSync, 256); });
 }
 
 // A kv head's first tail_ctas CTAs run the dense tail; each path is compiled on its own (inlined
@@ -779,12 +828,13 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
   else WgmmaCta<T, D, SK>(p, true);
 }
 
-// Merge of the tail's key splits after the grid (standalone DhsaSparseAttention): a warp per row.
+// Merge of the tail's key splits after the grid (standalone DhsaSparseAttention): a CTA per row tile.
 template <typename T, int D>
-__global__ void MergeSplitsKernel(Params p, int64_t rows) {
+__global__ void __launch_bounds__(256) MergeSplitsKernel(Params p, int tiles) {
   AfterPredecessor();
-  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (row < rows) merge_tail_row<T, D>(p, row, threadIdx.x % 32);
+  __shared__ float f[kMergeSmem / sizeof(float)];
+  const int x = static_cast<int>(blockIdx.x), tile = x % tiles, hk = x / tiles % p.hkv, b = x / tiles / p.hkv;
+  merge_tail_tile<T, D>(p, b, hk, tile, f, threadIdx.x, [] { __syncthreads(); });
 }
 
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
@@ -843,11 +893,11 @@ __global__ void RowKernel(Params p, int dim) {
   }
 }
 
-// Key splits of the dense tail: at most 16 (the fp32 partials are the op's workspace), at least
+// Key splits of the dense tail: at most kMaxSplits (the fp32 partials are the op's workspace), at least
 // 2048 keys each. Its CTAs share the grid with the sparse blocks and start first, so a long split
 // overlaps the sparse work instead of following it.
 int TailSplits(int range, int* split_keys) {
-  const int splits = std::max(1, std::min(16, range / 2048));
+  const int splits = std::max(1, std::min(kMaxSplits, range / 2048));
   *split_keys = ((range + splits - 1) / splits + 63) / 64 * 64;
   return std::max(1, (range + *split_keys - 1) / *split_keys);
 }
@@ -889,9 +939,9 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
     DHSA_CUDA_RETURN(LaunchKernel(kernel, grid, threads, smem, stream, p), op, "attention kernel");
   }
   if (p.tail_rows > 0 && !p.merge_counters) {
-    const int64_t rows = int64_t{batch} * p.hq * p.tail_rows;
-    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, static_cast<unsigned>((rows + 7) / 8), 256, 0, stream, p,
-                                  rows),
+    const int tiles = p.tail_ctas / p.splits;
+    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, static_cast<unsigned>(batch * p.hkv * tiles), 256, 0,
+                                  stream, p, tiles),
                      op, "MergeSplitsKernel");
   }
   return Status::Ok();
