@@ -397,21 +397,22 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
 
 constexpr int kMaxSplits = 16;  // TailSplits' cap
 
-// Row tile `tile` of kv head hk's tail (kBM rows of its query heads), its key splits merged into the
-// output: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). 256 threads (tid): first each row's
-// factors into shared memory (f: kBM x (kMaxSplits + 1) floats), then 16-byte column chunks, four at
-// a time so their loads are in flight together. The partials come from other CTAs: read past L1.
+// Rows r0 .. r0 + n - 1 of row tile `tile` of kv head hk's tail (kBM rows of its query heads), their
+// key splits merged into the output: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). 256 threads
+// (tid): first each row's factors into shared memory (f: n x (kMaxSplits + 1) floats), then 16-byte
+// column chunks, four at a time so their loads are in flight together. The partials come from other
+// CTAs: read past L1.
 template <typename T, int D, typename Sync>
-__device__ __forceinline__ void merge_tail_tile(const Params& p, int b, int hk, int tile, float* f, int tid,
-                                                Sync sync) {
+__device__ __forceinline__ void merge_tail_rows(const Params& p, int b, int hk, int tile, int r0, int n, float* f,
+                                                int tid, Sync sync) {
   constexpr int kF = kMaxSplits + 1, kChunks = D / 4;
   const int splits = p.splits;
   auto row_of = [&](int r) -> int64_t {  // (b * Hq + h) * T + t - tail0, or -1 past the tail
-    const int rr = tile * kBM + r, g = rr / p.tail_rows, tt = rr % p.tail_rows;
+    const int rr = tile * kBM + r0 + r, g = rr / p.tail_rows, tt = rr % p.tail_rows;
     if (g >= p.group || p.tail0 + tt >= p.seq) return -1;
     return (static_cast<int64_t>(b) * p.hq + hk * p.group + g) * p.tail_rows + tt;
   };
-  for (int r = tid; r < kBM; r += 256) {
+  for (int r = tid; r < n; r += 256) {
     const int64_t row = row_of(r);
     if (row < 0) continue;
     const float* ml = p.part_ml + row * splits * 2;
@@ -434,14 +435,14 @@ __device__ __forceinline__ void merge_tail_tile(const Params& p, int b, int hk, 
   }
   sync();
   constexpr int kAtOnce = 4;
-  for (int i0 = tid; i0 < kBM * kChunks; i0 += 256 * kAtOnce) {
+  for (int i0 = tid; i0 < n * kChunks; i0 += 256 * kAtOnce) {
     float4 acc[kAtOnce];
     int64_t row[kAtOnce];
 #pragma unroll
     for (int j = 0; j < kAtOnce; ++j) {
       acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
       const int i = i0 + j * 256;
-      row[j] = i < kBM * kChunks ? row_of(i / kChunks) : -1;
+      row[j] = i < n * kChunks ? row_of(i / kChunks) : -1;
     }
     for (int s = 0; s < splits; ++s) {
       float4 o[kAtOnce];
@@ -470,7 +471,7 @@ __device__ __forceinline__ void merge_tail_tile(const Params& p, int b, int hk, 
   }
 }
 
-// Shared memory merge_tail_tile needs.
+// Shared memory merge_tail_rows needs for a whole row tile.
 constexpr size_t kMergeSmem = kBM * (kMaxSplits + 1) * sizeof(float);
 
 // A tail CTA after its partials are stored (p.merge_counters): the tile's last split to finish merges
@@ -488,7 +489,7 @@ __device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w,
     __threadfence();  // the others' partials before ours are read
   }
   sync();
-  if (*flag) merge_tail_tile<T, D>(p, w.b, w.hk, w.tile_row0 / kBM, static_cast<float*>(scratch) + 4, tid, sync);
+  if (*flag) merge_tail_rows<T, D>(p, w.b, w.hk, w.tile_row0 / kBM, 0, kBM, static_cast<float*>(scratch) + 4, tid, sync);
 }
 
 // Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
@@ -828,13 +829,17 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
   else WgmmaCta<T, D, SK>(p, true);
 }
 
-// Merge of the tail's key splits after the grid (standalone DhsaSparseAttention): a CTA per row tile.
+// Merge of the tail's key splits after the grid (standalone DhsaSparseAttention): a CTA per
+// kMergeRows rows of a row tile, so the merge's few rows still spread over the GPU.
+constexpr int kMergeRows = 8;
 template <typename T, int D>
 __global__ void __launch_bounds__(256) MergeSplitsKernel(Params p, int tiles) {
   AfterPredecessor();
-  __shared__ float f[kMergeSmem / sizeof(float)];
-  const int x = static_cast<int>(blockIdx.x), tile = x % tiles, hk = x / tiles % p.hkv, b = x / tiles / p.hkv;
-  merge_tail_tile<T, D>(p, b, hk, tile, f, threadIdx.x, [] { __syncthreads(); });
+  __shared__ float f[kMergeRows * (kMaxSplits + 1)];
+  constexpr int kParts = kBM / kMergeRows;
+  const int x = static_cast<int>(blockIdx.x), part = x % kParts, tile = x / kParts % tiles;
+  const int hk = x / kParts / tiles % p.hkv, b = x / kParts / tiles / p.hkv;
+  merge_tail_rows<T, D>(p, b, hk, tile, part * kMergeRows, kMergeRows, f, threadIdx.x, [] { __syncthreads(); });
 }
 
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
@@ -940,8 +945,8 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
   }
   if (p.tail_rows > 0 && !p.merge_counters) {
     const int tiles = p.tail_ctas / p.splits;
-    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, static_cast<unsigned>(batch * p.hkv * tiles), 256, 0,
-                                  stream, p, tiles),
+    const unsigned ctas = static_cast<unsigned>(batch * p.hkv * tiles * (kBM / kMergeRows));
+    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, ctas, 256, 0, stream, p, tiles),
                      op, "MergeSplitsKernel");
   }
   return Status::Ok();
