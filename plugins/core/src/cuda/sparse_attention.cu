@@ -5,7 +5,8 @@
 // (a loading warpgroup feeds two MMA warpgroups through mbarriers); other GPUs an ldmatrix + mma.sync
 // kernel.
 // The dense instruction tail runs in the same grid over key splits (flash-decoding style), then a
-// small kernel merges the splits. float32 and unusual head dims take a simple warp-per-row path.
+// small kernel merges the splits (inside DhsaSelectAttention, the last split to finish does). float32
+// and unusual head dims take a simple warp-per-row path.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -448,8 +449,10 @@ __device__ __forceinline__ void merge_tail_rows(const Params& p, int b, int hk, 
       float4 o[kAtOnce];
 #pragma unroll
       for (int j = 0; j < kAtOnce; ++j)
-        if (row[j] >= 0)
-          o[j] = __ldcg(reinterpret_cast<const float4*>(p.part_o + (row[j] * splits + s) * D) + (i0 + j * 256) % kChunks);
+        if (row[j] >= 0) {
+          const float* src = p.part_o + (row[j] * splits + s) * D;
+          o[j] = __ldcg(reinterpret_cast<const float4*>(src) + (i0 + j * 256) % kChunks);
+        }
 #pragma unroll
       for (int j = 0; j < kAtOnce; ++j)
         if (row[j] >= 0) {
@@ -489,7 +492,8 @@ __device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w,
     __threadfence();  // the others' partials before ours are read
   }
   sync();
-  if (*flag) merge_tail_rows<T, D>(p, w.b, w.hk, w.tile_row0 / kBM, 0, kBM, static_cast<float*>(scratch) + 4, tid, sync);
+  if (*flag)
+    merge_tail_rows<T, D>(p, w.b, w.hk, w.tile_row0 / kBM, 0, kBM, static_cast<float*>(scratch) + 4, tid, sync);
 }
 
 // Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
