@@ -135,7 +135,7 @@ SELECT_ATTENTION = OpSpec(
     attrs=(_BLOCK, _BUDGET, _LOCAL, _GLOBAL, _SCALE, _SOFTCAP, _SLIDING, _INSTR),
     doc="DhsaSelectKeys followed by DhsaSparseAttention, the selection kept inside the op. One op lets the GPU "
         "kernels overlap the two: the attention's blocks that need no selection run while the selection does. The "
-        "output must not take an input's buffer.",
+        "output may take the query's buffer, as for DhsaSparseAttention.",
 )
 
 ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION, SELECT_ATTENTION)
