@@ -270,10 +270,14 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   auto full_key = [&](uint32_t c, int p) {
     return (static_cast<uint64_t>(c) << pbits) | (pmask - static_cast<uint32_t>(p));
   };
+  // Thread t's positions t, t + 1024, ... of the segment: `rows` of them (uniform over the CTA). Their
+  // keys live in local memory and the loops over them stay rolled: the kernel runs once per sample on
+  // one SM, cold, and unrolled it was ~50 KB of code whose fetch cost more than the work (5 us of 20 at 8K).
+  const int len = seg.hi - seg.lo, rows = (len + kCutThreads - 1) / kCutThreads;
   uint32_t key[kCutsPerThread];  // 0: no candidate
   int mine = 0;
-#pragma unroll
-  for (int k = 0; k < kCutsPerThread; ++k) {
+#pragma unroll 1
+  for (int k = 0; k < rows; ++k) {
     const int p = seg.lo + threadIdx.x + k * kCutThreads;
     key[k] = p < seg.hi ? candidate_key([&](int q) { return s[padded(q - seg.staged0)]; }, p, seq, radius, threshold,
                                         forced)
@@ -284,8 +288,8 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   Scan(scan_tmp).ExclusiveSum(mine, at, n);
   __syncthreads();  // every score is read
   uint64_t* cand = radius > 0 ? reinterpret_cast<uint64_t*>(s) : spill + static_cast<int64_t>(b) * seq + seg.lo;
-#pragma unroll
-  for (int k = 0; k < kCutsPerThread; ++k)
+#pragma unroll 1
+  for (int k = 0; k < rows; ++k)
     if (key[k] != 0u) cand[at++] = full_key(key[k], seg.lo + threadIdx.x + k * kCutThreads);
   __syncthreads();
   int64_t rest = 0;
@@ -297,9 +301,8 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
                                               [](int) { return int64_t{1}; }, &rest);
   // The candidates are done with (the select ends on a barrier): the bitmap goes over them.
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(s);
-  const int len = seg.hi - seg.lo;
-#pragma unroll
-  for (int k = 0; k < kCutsPerThread; ++k) {
+#pragma unroll 1
+  for (int k = 0; k < rows; ++k) {
     const int x = threadIdx.x + k * kCutThreads;  // a warp covers segment positions 32w .. 32w + 31 of row k
     const uint64_t fk = full_key(key[k], seg.lo + x);
     const bool is_cut = key[k] != 0u && (fk > kth || (fk == kth && rest > 0));

@@ -37,9 +37,9 @@ struct Params {
   const int32_t* counts;
   int nb, hq, hkv, seq, group, block, window, tail0;
   float scale, softcap;
-  // Per kv head: tail_ctas (tail row tiles x key splits), then the sparse blocks x row_tiles (see
+  // Per kv head: tail_ctas (tail_tiles row tiles x key splits), then the sparse blocks x row_tiles (see
   // cta_item for the grid's order).
-  int row_tiles, tail_ctas, ctas_per_head;
+  int row_tiles, tail_tiles, tail_ctas, ctas_per_head;
   // After the selection kernel (DhsaSelectAttention): the first fit_blocks blocks, whose eligible keys
   // all fit the budget, attend to that whole range without reading indices; with the tail they are
   // the independent CTAs, which start while the selection still runs.
@@ -51,6 +51,15 @@ struct Params {
   // last of a tile's splits to finish merges them, instead of a kernel after the grid.
   int* merge_counters;
 };
+
+// Row tiles of a kv head's dense tail: its query heads' tail rows, kBM to a tile.
+__host__ __device__ constexpr int64_t TailTiles(int64_t group, int64_t tail_rows) { return (group * tail_rows + kBM - 1) / kBM; }
+
+// Row of the tail's split partials (part_o / part_ml, before the split index) for query head hq at
+// position t >= tail0.
+__device__ __forceinline__ int64_t tail_slot(const Params& p, int b, int hq, int t) {
+  return (static_cast<int64_t>(b) * p.hq + hq) * p.tail_rows + (t - p.tail0);
+}
 
 // ---- PTX wrappers ------------------------------------------------------------------------------
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
@@ -379,8 +388,7 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
         dst[d + 1] = from_float<T>(o[dt][2 * h + 1] * inv);
       }
     } else {
-      const int64_t slot =
-          ((static_cast<int64_t>(w.b) * p.hq + hq) * p.tail_rows + (rows[h].t - p.tail0)) * p.splits + w.split;
+      const int64_t slot = tail_slot(p, w.b, hq, rows[h].t) * p.splits + w.split;
       float* dst = p.part_o + slot * D;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
@@ -398,20 +406,19 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
 
 constexpr int kMaxSplits = 16;  // TailSplits' cap
 
-// Rows r0 .. r0 + n - 1 of row tile `tile` of kv head hk's tail (kBM rows of its query heads), their
-// key splits merged into the output: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). 256 threads
+// Rows r0 .. r0 + n - 1 of the tail row tile w (kBM rows of kv head w.hk's query heads), their key
+// splits merged into the output: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). 256 threads
 // (tid): first each row's factors into shared memory (f: n x (kMaxSplits + 1) floats), then 16-byte
 // column chunks, four at a time so their loads are in flight together. The partials come from other
 // CTAs: read past L1.
 template <typename T, int D, typename Sync>
-__device__ __forceinline__ void merge_tail_rows(const Params& p, int b, int hk, int tile, int r0, int n, float* f,
-                                                int tid, Sync sync) {
+__device__ __forceinline__ void merge_tail_rows(const Params& p, const CtaWork& w, int r0, int n, float* f, int tid,
+                                                Sync sync) {
   constexpr int kF = kMaxSplits + 1, kChunks = D / 4;
   const int splits = p.splits;
-  auto row_of = [&](int r) -> int64_t {  // (b * Hq + h) * T + t - tail0, or -1 past the tail
-    const int rr = tile * kBM + r0 + r, g = rr / p.tail_rows, tt = rr % p.tail_rows;
-    if (g >= p.group || p.tail0 + tt >= p.seq) return -1;
-    return (static_cast<int64_t>(b) * p.hq + hk * p.group + g) * p.tail_rows + tt;
+  auto row_of = [&](int r) -> int64_t {  // tail_slot of row r0 + r, or -1 if the row is inactive
+    const RowInfo ri = row_info(p, w, r0 + r);
+    return ri.head < 0 ? -1 : tail_slot(p, w.b, w.hk * p.group + ri.head, ri.t);
   };
   for (int r = tid; r < n; r += 256) {
     const int64_t row = row_of(r);
@@ -456,8 +463,8 @@ __device__ __forceinline__ void merge_tail_rows(const Params& p, int b, int hk, 
 #pragma unroll
       for (int j = 0; j < kAtOnce; ++j)
         if (row[j] >= 0) {
-          const float w = f[((i0 + j * 256) / kChunks) * kF + s];
-          acc[j].x += o[j].x * w, acc[j].y += o[j].y * w, acc[j].z += o[j].z * w, acc[j].w += o[j].w * w;
+          const float x = f[((i0 + j * 256) / kChunks) * kF + s];
+          acc[j].x += o[j].x * x, acc[j].y += o[j].y * x, acc[j].z += o[j].z * x, acc[j].w += o[j].w * x;
         }
     }
 #pragma unroll
@@ -486,14 +493,13 @@ __device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w,
   __threadfence();  // this CTA's partials before its arrival
   sync();
   if (tid == 0) {
-    const int tiles = p.tail_ctas / p.splits;
-    int* c = p.merge_counters + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * tiles + w.tile_row0 / kBM;
+    int* c = p.merge_counters + (static_cast<int64_t>(w.b) * p.hkv + w.hk) * p.tail_tiles + w.tile_row0 / kBM;
     *flag = atomicAdd(c, 1) == p.splits - 1;
     __threadfence();  // the others' partials before ours are read
   }
   sync();
   if (*flag)
-    merge_tail_rows<T, D>(p, w.b, w.hk, w.tile_row0 / kBM, 0, kBM, static_cast<float*>(scratch) + 4, tid, sync);
+    merge_tail_rows<T, D>(p, w, 0, kBM, static_cast<float*>(scratch) + 4, tid, sync);
 }
 
 // Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
@@ -837,13 +843,14 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
 // kMergeRows rows of a row tile, so the merge's few rows still spread over the GPU.
 constexpr int kMergeRows = 8;
 template <typename T, int D>
-__global__ void __launch_bounds__(256) MergeSplitsKernel(Params p, int tiles) {
+__global__ void __launch_bounds__(256) MergeSplitsKernel(Params p) {
   AfterPredecessor();
   __shared__ float f[kMergeRows * (kMaxSplits + 1)];
   constexpr int kParts = kBM / kMergeRows;
-  const int x = static_cast<int>(blockIdx.x), part = x % kParts, tile = x / kParts % tiles;
-  const int hk = x / kParts / tiles % p.hkv, b = x / kParts / tiles / p.hkv;
-  merge_tail_rows<T, D>(p, b, hk, tile, part * kMergeRows, kMergeRows, f, threadIdx.x, [] { __syncthreads(); });
+  const int x = static_cast<int>(blockIdx.x), part = x % kParts, tile = x / kParts % p.tail_tiles;
+  const int hk = x / kParts / p.tail_tiles % p.hkv, b = x / kParts / p.tail_tiles / p.hkv;
+  const CtaWork w{false, b, hk, 0, tile * kBM, 0, 0, 0, nullptr};
+  merge_tail_rows<T, D>(p, w, part * kMergeRows, kMergeRows, f, threadIdx.x, [] { __syncthreads(); });
 }
 
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
@@ -926,6 +933,7 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
                    op, "cudaFuncSetAttribute");
   const int sparse_blocks = p.tail0 > 0 ? (p.tail0 + p.block - 1) / p.block : 0;
   p.row_tiles = (p.group * p.block + kBM - 1) / kBM;
+  p.tail_tiles = static_cast<int>(TailTiles(p.group, p.tail_rows));
   p.tail_ctas = 0;
   Workspace ws(workspace, p.tail_rows > 0 ? ws_bytes : 0, stream, op);
   DHSA_RETURN_IF_ERROR(ws.status());
@@ -934,7 +942,7 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
     p.splits = TailSplits(p.seq - p.key_lo, &p.split_keys);
     p.part_o = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * D);
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
-    p.tail_ctas = (p.group * p.tail_rows + kBM - 1) / kBM * p.splits;
+    p.tail_ctas = p.tail_tiles * p.splits;
   }
   p.fit_blocks = 0;
   if (p.early)  // the leading blocks that keep their whole eligible range
@@ -948,9 +956,8 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
     DHSA_CUDA_RETURN(LaunchKernel(kernel, grid, threads, smem, stream, p), op, "attention kernel");
   }
   if (p.tail_rows > 0 && !p.merge_counters) {
-    const int tiles = p.tail_ctas / p.splits;
-    const unsigned ctas = static_cast<unsigned>(batch * p.hkv * tiles * (kBM / kMergeRows));
-    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, ctas, 256, 0, stream, p, tiles),
+    const unsigned ctas = static_cast<unsigned>(batch * p.hkv * p.tail_tiles * (kBM / kMergeRows));
+    DHSA_CUDA_RETURN(LaunchKernel(MergeSplitsKernel<T, D>, ctas, 256, 0, stream, p),
                      op, "MergeSplitsKernel");
   }
   return Status::Ok();
@@ -1048,7 +1055,7 @@ size_t SparseAttentionWorkspace(const SparseAttentionAttrs& a, int64_t batch, in
 
 int64_t TailMergeCounters(const SparseAttentionAttrs& a, int64_t batch, int64_t hq, int64_t hkv, int64_t seq) {
   const int64_t tail = seq - tail_start(seq, a.instruction_tokens);
-  return batch * hkv * ceil_div(hq / hkv * tail, kBM);
+  return batch * hkv * TailTiles(hq / hkv, tail);
 }
 
 Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
