@@ -44,6 +44,7 @@ struct Params {
   // all fit the budget, attend to that whole range without reading indices; with the tail they are
   // the independent CTAs, which start while the selection still runs.
   int early, fit_blocks, fit_ctas;
+  int late_ctas;  // the fitting blocks' shortest CTAs (per kv head), dispatched after the sparse blocks
   int tail_rows, splits, split_keys, key_lo;
   float* part_o;   // (B, Hq, T, splits, D)
   float* part_ml;  // (B, Hq, T, splits, 2)
@@ -160,7 +161,8 @@ struct RowInfo {
 // the most keys), then the sparse blocks, latest (most keys) first, so short causal-prefix blocks fill
 // the last wave's gaps. With `early`, the fitting blocks (longest first) follow the tail, and the
 // independent CTAs of every head come before all others, so that they are the ones that run beside
-// the selection kernel.
+// the selection kernel; all but the shortest fitting blocks, which go last (they fill the gaps the
+// sparse blocks' last wave leaves).
 struct CtaWork {
   bool gather;
   int b, hk, block_i, tile_row0, split, n_keys, key0;
@@ -170,10 +172,12 @@ struct CtaWork {
 // (item within its kv head, kv head, batch) of this CTA.
 __device__ __forceinline__ int3 cta_item(const Params& p) {
   if (!p.early) return make_int3(blockIdx.x, blockIdx.y % p.hkv, blockIdx.y / p.hkv);
-  const int x = static_cast<int>(blockIdx.x), ni = p.tail_ctas + p.fit_ctas;
+  const int x = static_cast<int>(blockIdx.x), nf = p.tail_ctas + p.fit_ctas, ni = nf - p.late_ctas;
   if (x < ni * p.hkv) return make_int3(x % ni, x / ni, blockIdx.y);
-  const int xs = x - ni * p.hkv, ns = p.ctas_per_head - ni;
-  return make_int3(ni + xs % ns, xs / ns, blockIdx.y);
+  const int xs = x - ni * p.hkv, ns = p.ctas_per_head - nf;
+  if (xs < ns * p.hkv) return make_int3(nf + xs % ns, xs / ns, blockIdx.y);
+  const int xl = xs - ns * p.hkv;  // longest first, the kv heads taking turns
+  return make_int3(ni + xl / p.hkv, xl % p.hkv, blockIdx.y);
 }
 
 __device__ __forceinline__ CtaWork cta_work(const Params& p, bool gather) {
@@ -382,107 +386,105 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
       T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + rows[h].t) * D;
       const float inv = ls[h] > 0.f ? 1.f / ls[h] : 0.f;
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const int d = dt * 8 + (lane % 4) * 2;
-        dst[d] = from_float<T>(o[dt][2 * h] * inv);
-        dst[d + 1] = from_float<T>(o[dt][2 * h + 1] * inv);
-      }
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<uint32_t*>(dst + dt * 8 + (lane % 4) * 2) = pack2<T>(o[dt][2 * h] * inv, o[dt][2 * h + 1] * inv);
     } else {
+      // Column pairs as 8-byte stores: each warp store then fills whole 32-byte sectors.
       const int64_t slot = tail_slot(p, w.b, hq, rows[h].t) * p.splits + w.split;
       float* dst = p.part_o + slot * D;
 #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const int d = dt * 8 + (lane % 4) * 2;
-        dst[d] = o[dt][2 * h];
-        dst[d + 1] = o[dt][2 * h + 1];
-      }
-      if (lane % 4 == 0) {
-        p.part_ml[slot * 2] = ms[h];
-        p.part_ml[slot * 2 + 1] = ls[h];
-      }
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<float2*>(dst + dt * 8 + (lane % 4) * 2) = make_float2(o[dt][2 * h], o[dt][2 * h + 1]);
+      if (lane % 4 == 0) reinterpret_cast<float2*>(p.part_ml)[slot] = make_float2(ms[h], ls[h]);
     }
   }
 }
 
 constexpr int kMaxSplits = 16;  // TailSplits' cap
 
+// One tail row's merge, planned before the column loop: where its split partials start, where its
+// output row goes, and each split's weight 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+struct MergeRow {
+  const float* src;  // nullptr: inactive row
+  void* dst;
+  float f[kMaxSplits];
+};
+
 // Rows r0 .. r0 + n - 1 of the tail row tile w (kBM rows of kv head w.hk's query heads), their key
-// splits merged into the output: out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M). 256 threads
-// (tid): first each row's factors into shared memory (f: n x (kMaxSplits + 1) floats), then 16-byte
-// column chunks, four at a time so their loads are in flight together. The partials come from other
-// CTAs: read past L1.
+// splits merged into the output: out = sum_s o_s f_s. 256 threads (tid): first each row's plan
+// (`rows`: n MergeRows in shared memory), then each thread one 16-byte column of rows 256 / (D / 4)
+// apart, several rows' loads in flight together. The loop runs in one CTA at a time per tile, with
+// few warps on the SM, so it is kept to a load, a shared broadcast and four FMAs per split and row.
+// The partials come from other CTAs: read past L1.
 template <typename T, int D, typename Sync>
-__device__ __forceinline__ void merge_tail_rows(const Params& p, const CtaWork& w, int r0, int n, float* f, int tid,
-                                                Sync sync) {
-  constexpr int kF = kMaxSplits + 1, kChunks = D / 4;
+__device__ __forceinline__ void merge_tail_rows(const Params& p, const CtaWork& w, int r0, int n, MergeRow* rows,
+                                                int tid, Sync sync) {
   const int splits = p.splits;
-  auto row_of = [&](int r) -> int64_t {  // tail_slot of row r0 + r, or -1 if the row is inactive
-    const RowInfo ri = row_info(p, w, r0 + r);
-    return ri.head < 0 ? -1 : tail_slot(p, w.b, w.hk * p.group + ri.head, ri.t);
-  };
   for (int r = tid; r < n; r += 256) {
-    const int64_t row = row_of(r);
-    if (row < 0) continue;
-    const float* ml = p.part_ml + row * splits * 2;
-    float m[kMaxSplits], l[kMaxSplits], mx = -INFINITY;
+    MergeRow& mr = rows[r];
+    const RowInfo ri = row_info(p, w, r0 + r);
+    mr.src = nullptr;
+    if (ri.head < 0) continue;
+    const int hq = w.hk * p.group + ri.head;
+    const int64_t slot = tail_slot(p, w.b, hq, ri.t) * splits;
+    mr.src = p.part_o + slot * D;
+    mr.dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D;
+    const float2* ml = reinterpret_cast<const float2*>(p.part_ml) + slot;
+    float2 x[kMaxSplits];
+    float mx = -INFINITY;
 #pragma unroll
     for (int s = 0; s < kMaxSplits; ++s) {
-      m[s] = s < splits ? __ldcg(ml + s * 2) : -INFINITY;
-      l[s] = s < splits ? __ldcg(ml + s * 2 + 1) : 0.f;
-      mx = fmaxf(mx, m[s]);
+      x[s] = s < splits ? __ldcg(ml + s) : make_float2(-INFINITY, 0.f);
+      mx = fmaxf(mx, x[s].x);
     }
     const float use = mx == -INFINITY ? 0.f : mx;
     float denom = 0.f;
 #pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) {
+      x[s].x = exp2f(x[s].x - use);
+      denom += x[s].y * x[s].x;
+    }
+    const float inv = denom > 0.f ? 1.f / denom : 0.f;
+#pragma unroll
     for (int s = 0; s < kMaxSplits; ++s)
-      if (s < splits) {
-        f[r * kF + s] = exp2f(m[s] - use);
-        denom += l[s] * f[r * kF + s];
-      }
-    f[r * kF + kMaxSplits] = denom;
+      if (s < splits) mr.f[s] = x[s].x * inv;
   }
   sync();
-  constexpr int kAtOnce = 4;
-  for (int i0 = tid; i0 < n * kChunks; i0 += 256 * kAtOnce) {
+  constexpr int kChunks = D / 4, kStep = 256 / kChunks, kAtOnce = D >= 256 ? 8 : 4;
+  static_assert(256 % kChunks == 0, "a pass covers whole rows");
+  const int c = tid % kChunks;
+  for (int rb = tid / kChunks; rb < n; rb += kStep * kAtOnce) {
+    const float* src[kAtOnce];
     float4 acc[kAtOnce];
-    int64_t row[kAtOnce];
 #pragma unroll
     for (int j = 0; j < kAtOnce; ++j) {
+      const int r = rb + j * kStep;
+      src[j] = r < n ? rows[r].src : nullptr;
       acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-      const int i = i0 + j * 256;
-      row[j] = i < n * kChunks ? row_of(i / kChunks) : -1;
     }
+#pragma unroll 2
     for (int s = 0; s < splits; ++s) {
       float4 o[kAtOnce];
 #pragma unroll
       for (int j = 0; j < kAtOnce; ++j)
-        if (row[j] >= 0) {
-          const float* src = p.part_o + (row[j] * splits + s) * D;
-          o[j] = __ldcg(reinterpret_cast<const float4*>(src) + (i0 + j * 256) % kChunks);
-        }
+        if (src[j]) o[j] = __ldcg(reinterpret_cast<const float4*>(src[j] + s * D) + c);
 #pragma unroll
       for (int j = 0; j < kAtOnce; ++j)
-        if (row[j] >= 0) {
-          const float x = f[((i0 + j * 256) / kChunks) * kF + s];
+        if (src[j]) {
+          const float x = rows[rb + j * kStep].f[s];
           acc[j].x += o[j].x * x, acc[j].y += o[j].y * x, acc[j].z += o[j].z * x, acc[j].w += o[j].w * x;
         }
     }
 #pragma unroll
-    for (int j = 0; j < kAtOnce; ++j) {
-      if (row[j] < 0) continue;
-      const int i = i0 + j * 256, r = i / kChunks;
-      const float denom = f[r * kF + kMaxSplits];
-      const int64_t bh = row[j] / p.tail_rows, tt = row[j] % p.tail_rows;
-      T* dst = static_cast<T*>(p.out) + (bh * p.seq + p.tail0 + tt) * D + (i % kChunks) * 4;
-      const float a[4] = {acc[j].x, acc[j].y, acc[j].z, acc[j].w};
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dst[e] = from_float<T>(denom > 0.f ? a[e] / denom : 0.f);
-    }
+    for (int j = 0; j < kAtOnce; ++j)
+      if (src[j])
+        *reinterpret_cast<uint2*>(static_cast<T*>(rows[rb + j * kStep].dst) + c * 4) =
+            make_uint2(pack2<T>(acc[j].x, acc[j].y), pack2<T>(acc[j].z, acc[j].w));
   }
 }
 
 // Shared memory merge_tail_rows needs for a whole row tile.
-constexpr size_t kMergeSmem = kBM * (kMaxSplits + 1) * sizeof(float);
+constexpr size_t kMergeSmem = kBM * sizeof(MergeRow);
 
 // A tail CTA after its partials are stored (p.merge_counters): the tile's last split to finish merges
 // all of them. `sync` is a barrier of the 256 storing threads (tid); `scratch`: kMergeSmem + 16 bytes
@@ -499,7 +501,7 @@ __device__ __forceinline__ void merge_if_last(const Params& p, const CtaWork& w,
   }
   sync();
   if (*flag)
-    merge_tail_rows<T, D>(p, w, 0, kBM, static_cast<float*>(scratch) + 4, tid, sync);
+    merge_tail_rows<T, D>(p, w, 0, kBM, reinterpret_cast<MergeRow*>(static_cast<char*>(scratch) + 16), tid, sync);
 }
 
 // Named barrier of the wgmma kernel's two MMA warpgroups (0 is __syncthreads).
@@ -845,12 +847,12 @@ constexpr int kMergeRows = 8;
 template <typename T, int D>
 __global__ void __launch_bounds__(256) MergeSplitsKernel(Params p) {
   AfterPredecessor();
-  __shared__ float f[kMergeRows * (kMaxSplits + 1)];
+  __shared__ MergeRow rows[kMergeRows];
   constexpr int kParts = kBM / kMergeRows;
   const int x = static_cast<int>(blockIdx.x), part = x % kParts, tile = x / kParts % p.tail_tiles;
   const int hk = x / kParts / p.tail_tiles % p.hkv, b = x / kParts / p.tail_tiles / p.hkv;
   const CtaWork w{false, b, hk, 0, tile * kBM, 0, 0, 0, nullptr};
-  merge_tail_rows<T, D>(p, w, part * kMergeRows, kMergeRows, f, threadIdx.x, [] { __syncthreads(); });
+  merge_tail_rows<T, D>(p, w, part * kMergeRows, kMergeRows, rows, threadIdx.x, [] { __syncthreads(); });
 }
 
 // Simple path (float32, or head dims the tensor-core kernel does not cover): one warp per query row.
@@ -950,6 +952,7 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
            keeps_whole_range(block_range(p.fit_blocks, p.seq, p.block, p.window, p.seq - p.tail0), p.nb))
       ++p.fit_blocks;
   p.fit_ctas = p.fit_blocks * p.row_tiles;
+  p.late_ctas = p.fit_blocks / 2 * p.row_tiles;
   p.ctas_per_head = p.tail_ctas + sparse_blocks * p.row_tiles;
   if (p.ctas_per_head > 0) {
     const dim3 grid = p.early ? dim3(p.ctas_per_head * p.hkv, batch) : dim3(p.ctas_per_head, batch * p.hkv);
