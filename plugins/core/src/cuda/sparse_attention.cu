@@ -56,6 +56,11 @@ struct Params {
 // Row tiles of a kv head's dense tail: its query heads' tail rows, kBM to a tile.
 __host__ __device__ constexpr int64_t TailTiles(int64_t group, int64_t tail_rows) { return (group * tail_rows + kBM - 1) / kBM; }
 
+// Row of query head hq at position t in Q and the output, (B, Hq, L, D).
+__device__ __forceinline__ int64_t query_row(const Params& p, int b, int hq, int t) {
+  return (static_cast<int64_t>(b) * p.hq + hq) * p.seq + t;
+}
+
 // Row of the tail's split partials (part_o / part_ml, before the split index) for query head hq at
 // position t >= tail0.
 __device__ __forceinline__ int64_t tail_slot(const Params& p, int b, int hq, int t) {
@@ -251,7 +256,7 @@ __device__ __forceinline__ void load_q(const Params& p, const CtaWork& w, T* q_s
   for (int r = tid / kChunks; r < kBM; r += kN / kChunks) {
     const RowInfo ri = row_info(p, w, r);
     const int hq = w.hk * p.group + max(ri.head, 0);
-    const T* src = qg + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
+    const T* src = qg + query_row(p, w.b, hq, ri.t) * D + ch * 8;
     cp_async16(q_s + tile_off<D, kPanels>(r, ch, kBM), src, ri.head >= 0);
   }
 }
@@ -383,7 +388,7 @@ __device__ __forceinline__ void store_rows(const Params& p, const CtaWork& w, fl
     if (rows[h].head < 0) continue;
     const int hq = w.hk * p.group + rows[h].head;
     if (w.gather) {
-      T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + rows[h].t) * D;
+      T* dst = static_cast<T*>(p.out) + query_row(p, w.b, hq, rows[h].t) * D;
       const float inv = ls[h] > 0.f ? 1.f / ls[h] : 0.f;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt)
@@ -428,7 +433,7 @@ __device__ __forceinline__ void merge_tail_rows(const Params& p, const CtaWork& 
     const int hq = w.hk * p.group + ri.head;
     const int64_t slot = tail_slot(p, w.b, hq, ri.t) * splits;
     mr.src = p.part_o + slot * D;
-    mr.dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D;
+    mr.dst = static_cast<T*>(p.out) + query_row(p, w.b, hq, ri.t) * D;
     const float2* ml = reinterpret_cast<const float2*>(p.part_ml) + slot;
     float2 x[kMaxSplits];
     float mx = -INFINITY;
@@ -530,7 +535,7 @@ __device__ __forceinline__ void store_rows_staged(const Params& p, const CtaWork
     const RowInfo ri = row_info(p, w, r);
     if (ri.head < 0) continue;
     const int hq = w.hk * p.group + ri.head;
-    T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(w.b) * p.hq + hq) * p.seq + ri.t) * D + ch * 8;
+    T* dst = static_cast<T*>(p.out) + query_row(p, w.b, hq, ri.t) * D + ch * 8;
     *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(stage + swz<D>(r, ch) * 8);
   }
 }
@@ -863,7 +868,7 @@ __global__ void RowKernel(Params p, int dim) {
   const int b = blockIdx.y;
   if (warp >= p.hq * p.seq) return;
   const int hq = warp / p.seq, t = warp % p.seq, hk = hq / p.group;
-  const T* qrow = static_cast<const T*>(p.q) + ((static_cast<int64_t>(b) * p.hq + hq) * p.seq + t) * dim;
+  const T* qrow = static_cast<const T*>(p.q) + query_row(p, b, hq, t) * dim;
   const T* kg = static_cast<const T*>(p.k) + (static_cast<int64_t>(b) * p.hkv + hk) * p.seq * dim;
   const T* vg = static_cast<const T*>(p.v) + (static_cast<int64_t>(b) * p.hkv + hk) * p.seq * dim;
   constexpr int kMaxPerLane = 32;  // dim <= 1024
@@ -904,7 +909,7 @@ __global__ void RowKernel(Params p, int dim) {
     }
     m = nm;
   }
-  T* dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(b) * p.hq + hq) * p.seq + t) * dim;
+  T* dst = static_cast<T*>(p.out) + query_row(p, b, hq, t) * dim;
   for (int i = 0; i < per; ++i) {
     const int d = lane + 32 * i;
     if (d < dim) dst[d] = from_float<T>(l > 0.f ? acc[i] / l : 0.f);
