@@ -125,6 +125,12 @@ __attribute__((visibility("default"))) const char* dhsa_cuda_attention_kernel() 
   return dhsa::cuda::AttentionKernelName();
 }
 
+// Trace builds: the kernels' CTA records since the last call (dhsa::cuda::TraceRecord, 40 bytes each,
+// at most cap), after a device synchronisation; -1 in builds without tracing.
+__attribute__((visibility("default"))) int dhsa_cuda_trace_take(void* out, int cap) {
+  return dhsa::cuda::TakeTraceRecords(static_cast<dhsa::cuda::TraceRecord*>(out), cap);
+}
+
 // Workspace bytes of each launcher (0 = none needed), so callers can allocate it themselves.
 __attribute__((visibility("default"))) int64_t dhsa_cuda_workspace_size(int op, const int64_t* shape,
                                                                         const int64_t* iattrs, int64_t extra) {

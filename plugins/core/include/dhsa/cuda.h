@@ -44,5 +44,16 @@ void UseHopperKernels(bool enabled);
 // The attention kernel SparseAttention launches for 16-bit inputs on the current device.
 const char* AttentionKernelName();
 
+// Trace builds (CMake -DDHSA_TRACE=ON) record every kernel CTA's timeline: %globaltimer (ns) at its
+// start, when it may read its predecessor's output, and at its end; its SM, flat CTA index and work
+// item (the attention: class << 28 | kv head << 20 | block, class 0 tail split, 1 fitting block, 2
+// selected block). TakeTraceRecords copies out the records since its last call (at most `cap`) and
+// clears them; -1 in other builds.
+struct TraceRecord {
+  uint64_t start, ready, end;
+  uint32_t kernel, sm, cta, item;
+};
+int TakeTraceRecords(TraceRecord* out, int cap);
+
 }  // namespace cuda
 }  // namespace dhsa

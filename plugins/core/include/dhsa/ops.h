@@ -100,6 +100,14 @@ DHSA_HD inline BlockRange block_range(int64_t i, int64_t seq, int64_t block, int
 // [lo, hi) without scoring, and DhsaSelectAttention's kernels rely on it to attend to such a block
 // without reading its indices.
 DHSA_HD inline bool keeps_whole_range(const BlockRange& r, int64_t budget) { return r.hi - r.lo <= budget; }
+// The leading blocks 0 .. F - 1 with sparse queries that keep their whole eligible range: nobody
+// needs their query representations, and DhsaSelectAttention's kernels skip their selection.
+DHSA_HD inline int64_t leading_fit_blocks(int64_t seq, int64_t block, int64_t window, int64_t instr, int64_t budget) {
+  const int64_t sparse = ceil_div(tail_start(seq, instr), block);
+  int64_t f = 0;
+  while (f < sparse && keeps_whole_range(block_range(f, seq, block, window, instr), budget)) ++f;
+  return f;
+}
 
 // Data checks the kernels run before reading through a tensor's values.
 Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq);

@@ -28,7 +28,9 @@ template <typename T, int kPositions>
 __global__ void __launch_bounds__(kScoreThreads) CutScoresTiledKernel(const T* __restrict__ key, int heads, int seq,
                                                                        int dim, FastDiv by_dim, int window,
                                                                        float* __restrict__ scores) {
+  CtaTrace trace(kTraceCutScores);
   AfterPredecessor();
+  trace.ready();
   constexpr int kQuads = kPositions / 4, kGroups = kScoreThreads / kQuads, kSliceChannels = 4 * kGroups;
   constexpr int kVec = 16 / sizeof(T), kVecsPerRow = kSliceChannels / kVec;
   constexpr int kMaxRows = kPositions + 2 * kMaxTiledWindow - 1;
@@ -253,7 +255,9 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
                                                                  float threshold, int forced, int take, int width,
                                                                  uint64_t* __restrict__ spill,
                                                                  int32_t* __restrict__ out) {
+  CtaTrace trace(kTraceSelectCuts);
   AfterPredecessor();
+  trace.ready();
   using Scan = cub::BlockScan<int, kCutThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int cuts_s;

@@ -6,10 +6,12 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <sstream>
 #include <string>
 
+#include "dhsa/cuda.h"
 #include "dhsa/ops.h"
 
 namespace dhsa {
@@ -77,6 +79,73 @@ __device__ __forceinline__ void AfterPredecessor() {
   WaitForPredecessor();
   LaunchDependents();
 }
+
+// ---- Per-CTA timeline (trace builds only: CMake -DDHSA_TRACE=ON) ---------------------------------
+// Each CTA's start, the moment it may read its predecessor's output, and its end (%globaltimer, ns),
+// with its SM and what it worked on: what scripts/trace_pipeline.py turns into the pipeline's
+// timeline. Off by default: a record costs a global atomic per CTA.
+// TraceRecord.kernel:
+enum TraceKernel : uint32_t { kTraceCutScores = 1, kTraceSelectCuts, kTraceReps, kTraceSelect, kTraceAttention, kTraceMerge };
+#ifdef DHSA_TRACE
+constexpr unsigned kTraceCapacity = 1u << 15;
+struct TraceLog {
+  unsigned n;
+  TraceRecord rec[kTraceCapacity];
+};
+void RegisterTraceReader(int (*reader)(TraceRecord* out, int cap));
+namespace {
+__device__ TraceLog g_trace_log;  // this translation unit's kernels' records
+int ReadTraceLog(TraceRecord* out, int cap) {
+  unsigned n = 0;
+  if (cudaMemcpyFromSymbol(&n, g_trace_log, sizeof(n)) != cudaSuccess) return 0;
+  n = n < kTraceCapacity ? n : kTraceCapacity;
+  n = static_cast<int>(n) < cap ? n : static_cast<unsigned>(cap);
+  if (n > 0 && cudaMemcpyFromSymbol(out, g_trace_log, n * sizeof(TraceRecord), offsetof(TraceLog, rec)) != cudaSuccess)
+    return 0;
+  const unsigned zero = 0;
+  cudaMemcpyToSymbol(g_trace_log, &zero, sizeof(zero));
+  return static_cast<int>(n);
+}
+[[maybe_unused]] const bool g_trace_registered = (RegisterTraceReader(&ReadTraceLog), true);
+}  // namespace
+// Records the CTA when it goes out of scope (early returns included), from thread `recorder`.
+class CtaTrace {
+ public:
+  __device__ explicit CtaTrace(uint32_t kernel, int recorder = 0)
+      : kernel_(kernel), on_(static_cast<int>(threadIdx.x) == recorder) {
+    if (on_) start_ = ready_ = now();
+  }
+  __device__ void ready() {
+    if (on_) ready_ = now();
+  }
+  __device__ ~CtaTrace() {
+    if (!on_) return;
+    uint32_t sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    const unsigned slot = atomicAdd(&g_trace_log.n, 1u);
+    if (slot < kTraceCapacity)
+      g_trace_log.rec[slot] = {start_, ready_, now(), kernel_, sm, blockIdx.x + gridDim.x * blockIdx.y, item};
+  }
+  uint32_t item = 0;
+
+ private:
+  __device__ static uint64_t now() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+  }
+  uint64_t start_ = 0, ready_ = 0;
+  uint32_t kernel_;
+  bool on_;
+};
+#else
+class CtaTrace {
+ public:
+  __device__ explicit CtaTrace(uint32_t, int = 0) {}
+  __device__ void ready() {}
+  uint32_t item = 0;
+};
+#endif
 
 inline bool ProgrammaticLaunch() {
   int major = 0;

@@ -42,10 +42,12 @@ Status SelectAttention(const SelectAttentionAttrs& a, const Act4& q, const Act4&
   void* attend_ws = ws.take<unsigned char>(l.attend);
   const int64_t n_counters = TailMergeCounters(a.attend, q.b, q.h, k.h, q.l);
   int32_t* counters = n_counters > 0 ? ws.take<int32_t>(n_counters) : nullptr;
+  // The attention's leading fitting blocks start beside the selection, which then skips them.
+  const int64_t fit = FusedFitBlocks(a.attend, q, a.select.budget);
   DHSA_RETURN_IF_ERROR(SelectKeysBeforeAttention(a.select, q, k, bd, n_plus_1, indices, counts, stream, select_ws,
-                                                 true, counters, n_counters));
+                                                 true, fit, counters, n_counters));
   return SparseAttentionAfterSelection(a.attend, q, k, v, indices, counts, a.select.budget, out, stream, attend_ws,
-                                       true, counters);
+                                       true, fit, counters);
 }
 
 }  // namespace cuda

@@ -99,10 +99,13 @@ __host__ __device__ constexpr int QueryRepParts(int64_t blocks) {
 }
 
 // Part p of sum over the block's sparse queries and all query heads, in float64: (B, nQB, parts, D).
+// Block i = first + x / parts; a block that keeps its whole range selects without it.
 template <typename T, int kVec>
 __device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads, FastDiv by_heads, int seq, int dim,
-                                          int block, int tail0, int nqb, int parts, double* __restrict__ sums, int x) {
-  const int i = x / parts, part = x % parts, b = blockIdx.y;
+                                          const SelectKeysAttrs& a, int tail0, int nqb, int first, int parts,
+                                          double* __restrict__ sums, int x) {
+  const int i = first + x / parts, part = x % parts, b = blockIdx.y, block = static_cast<int>(a.block_size);
+  if (keeps_whole_range(block_range(i, seq, block, a.sliding_window, a.instruction_tokens), a.budget)) return;
   const int s = i * block, rows = sparse_queries(i, block, tail0) * heads;
   const int x0 = static_cast<int>(static_cast<int64_t>(rows) * part / parts);
   const int x1 = static_cast<int>(static_cast<int64_t>(rows) * (part + 1) / parts);
@@ -112,21 +115,25 @@ __device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads
 }
 
 // Both kinds of representation in one grid: the first n_plus_1 - 1 CTAs sum a chunk each, the rest
-// a query-block part each. They are independent, and as two launches each left most SMs idle at
-// short L. The first CTA also zeroes `zero` (DhsaSelectAttention's tail-merge counters).
+// a query-block part each, for blocks from `first_q` on (the leading blocks keep their whole range,
+// and need none). They are independent, and as two launches each left most SMs idle at short L. The
+// first CTA also zeroes `zero` (DhsaSelectAttention's tail-merge counters).
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kRepThreads) RepsKernel(const T* __restrict__ key, const int32_t* __restrict__ bd,
                                                           int kv_heads, FastDiv by_kv_heads, int n_plus_1,
                                                           float* __restrict__ kreps, const T* __restrict__ query,
-                                                          int q_heads, FastDiv by_q_heads, int block,
-                                                          int tail0, int nqb, int parts, double* __restrict__ qsums,
-                                                          int seq, int dim, int32_t* __restrict__ zero, int n_zero) {
+                                                          int q_heads, FastDiv by_q_heads, SelectKeysAttrs a,
+                                                          int tail0, int nqb, int first_q, int parts,
+                                                          double* __restrict__ qsums, int seq, int dim,
+                                                          int32_t* __restrict__ zero, int n_zero) {
+  CtaTrace trace(kTraceReps);
   AfterPredecessor();
+  trace.ready();
   if (blockIdx.x == 0 && blockIdx.y == 0)
     for (int i = threadIdx.x; i < n_zero; i += kRepThreads) zero[i] = 0;
   const int x = static_cast<int>(blockIdx.x), chunks = n_plus_1 - 1;
   if (x < chunks) ChunkReps<T, kVec>(key, bd, kv_heads, by_kv_heads, seq, dim, n_plus_1, kreps, x);
-  else QueryReps<T, kVec>(query, q_heads, by_q_heads, seq, dim, block, tail0, nqb, parts, qsums, x - chunks);
+  else QueryReps<T, kVec>(query, q_heads, by_q_heads, seq, dim, a, tail0, nqb, first_q, parts, qsums, x - chunks);
 }
 
 // The first i in [0, n) with row[i] > x (n if none) for ascending row, by the whole warp: each step
@@ -146,8 +153,9 @@ __device__ __forceinline__ int WarpUpperBound(const int32_t* __restrict__ row, i
   }
 }
 
-// Query blocks i0 .. i0 + G - 1 (G = kGroup): score the union of their free chunk ranges once, then
-// select per block. Shared memory: G scores and one weight per chunk of the union, G query reps.
+// Query blocks i0 .. i0 + G - 1 (G = kGroup, the grid's blocks from first_block on): score the union
+// of their free chunk ranges once, then select per block. Shared memory: G scores and one weight per
+// chunk of the union, G query reps.
 // Where a CTA per block would leave three quarters of the SMs idle (short L), a cluster of CTAs
 // shares the blocks' chunks instead (kCluster): each scores its share into the first CTA's shared
 // memory, which then selects alone.
@@ -155,19 +163,23 @@ template <int kGroup, int kThreads, bool kCluster = false>
 __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restrict__ qsums, int q_parts, int heads,
                                                          const float* __restrict__ kreps_t,
                                                          const int32_t* __restrict__ bd, int n_plus_1, int seq, int dim,
-                                                         int nqb, SelectKeysAttrs a, int32_t* __restrict__ indices,
-                                                         int32_t* __restrict__ counts, bool early_successor) {
+                                                         int nqb, int first_block, SelectKeysAttrs a,
+                                                         int32_t* __restrict__ indices, int32_t* __restrict__ counts,
+                                                         bool early_successor) {
   // Inside DhsaSelectAttention the successor is our attention kernel: it may start its blocks that
   // need no indices while this one runs (the rest wait for this grid, hence for the representations).
+  CtaTrace trace(kTraceSelect);
   if (early_successor) LaunchDependents();
   AfterPredecessor();
+  trace.ready();
   const unsigned rank = kCluster ? ClusterRank() : 0, ranks = kCluster ? ClusterCtas() : 1;
   if constexpr (kCluster) ClusterArrive();  // this CTA's shared memory exists: the others may write it after their wait
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int c0_s[kGroup], c1_s[kGroup];
   extern __shared__ __align__(16) unsigned char smem[];
-  const int i0 = static_cast<int>(blockIdx.x / ranks) * kGroup, b = blockIdx.y, groups = min(kGroup, nqb - i0);
+  const int i0 = first_block + static_cast<int>(blockIdx.x / ranks) * kGroup, b = blockIdx.y;
+  const int groups = min(kGroup, nqb - i0);
   const int budget = static_cast<int>(a.budget), n = n_plus_1 - 1;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
   // A block's eligible keys [lo, hi), its free range [f0, f1) between the global and local tokens,
@@ -201,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   const int tail0 = static_cast<int>(tail_start(seq, a.instruction_tokens));
   for (int x = threadIdx.x; x < dim * kGroup; x += kThreads) {  // q_i = mean over the block's queries, heads
     const int d = x / kGroup, g = x % kGroup, i = i0 + g;
-    const int n = g < groups ? sparse_queries(i, static_cast<int>(a.block_size), tail0) : 0;
+    const int n = g < groups && range_of(i).sparse ? sparse_queries(i, static_cast<int>(a.block_size), tail0) : 0;
     double sum = 0.0;
     for (int part = 0; part < q_parts && n > 0; ++part)
       sum += qsums[((static_cast<int64_t>(b) * nqb + i) * q_parts + part) * dim + d];
@@ -318,21 +330,23 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   }
 }
 
-// Chunk and query representations, kVec-element (16-byte) or single-element loads.
+// Chunk and query representations, kVec-element (16-byte) or single-element loads; query parts for
+// blocks first_q .. nQB - 1.
 template <typename T, int kVec>
 Status LaunchReps(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
-                  float* kreps, double* qsums, int q_parts, int32_t* zero, int n_zero, cudaStream_t stream) {
+                  int first_q, float* kreps, double* qsums, int q_parts, int32_t* zero, int n_zero,
+                  cudaStream_t stream) {
   const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
   const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
   const size_t smem = static_cast<size_t>(kRepThreads / (dim / kVec)) * dim * sizeof(double);
-  const unsigned ctas = static_cast<unsigned>(n_plus_1 - 1 + int64_t{nqb} * q_parts);
+  const unsigned ctas = static_cast<unsigned>(n_plus_1 - 1 + int64_t{nqb - first_q} * q_parts);
   return CudaStatus(LaunchKernel(RepsKernel<T, kVec>, dim3(ctas, batch), kRepThreads, smem, stream,
                                  static_cast<const T*>(k.data), bd, static_cast<int>(k.h),
                                  FastDiv(static_cast<uint32_t>(k.h)), static_cast<int>(n_plus_1), kreps,
                                  static_cast<const T*>(q.data), static_cast<int>(q.h),
-                                 FastDiv(static_cast<uint32_t>(q.h)), static_cast<int>(a.block_size),
-                                 static_cast<int>(tail_start(q.l, a.instruction_tokens)), nqb, q_parts, qsums, seq,
-                                 dim, zero, n_zero),
+                                 FastDiv(static_cast<uint32_t>(q.h)), a,
+                                 static_cast<int>(tail_start(q.l, a.instruction_tokens)), nqb, first_q, q_parts, qsums,
+                                 seq, dim, zero, n_zero),
                     kSelectKeys, "RepsKernel");
 }
 
@@ -352,10 +366,11 @@ unsigned SelectCluster(int ctas, int sms) {
 
 template <int kGroup, int kThreads>
 Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kreps_t, const int32_t* bd, int n_plus_1,
-                    int seq, int dim, int nqb, int batch, const SelectKeysAttrs& a, int32_t* indices, int32_t* counts,
-                    int sms, bool early_successor, cudaStream_t stream) {
+                    int seq, int dim, int nqb, int first_block, int batch, const SelectKeysAttrs& a,
+                    int32_t* indices, int32_t* counts, int sms, bool early_successor, cudaStream_t stream) {
   const size_t smem = SelectSmem(kGroup, n_plus_1 - 1, dim);
-  const int ctas = (nqb + kGroup - 1) / kGroup;
+  const int ctas = (nqb - first_block + kGroup - 1) / kGroup;
+  if (ctas == 0) return Status::Ok();  // every block keeps its whole range, and the caller needs none
   auto kernel = SelectKernel<kGroup, kThreads>;
   unsigned split = 1;
   if constexpr (kGroup == 1) {  // a grid small enough for clusters has too few blocks for groups of them
@@ -365,7 +380,8 @@ Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kr
   DHSA_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    kSelectKeys, "cudaFuncSetAttribute");
   return CudaStatus(LaunchClustered(split, kernel, dim3(ctas * split, batch), kThreads, smem, stream, qsums, q_parts,
-                                    heads, kreps_t, bd, n_plus_1, seq, dim, nqb, a, indices, counts, early_successor),
+                                    heads, kreps_t, bd, n_plus_1, seq, dim, nqb, first_block, a, indices, counts,
+                                    early_successor),
                     kSelectKeys, "SelectKernel");
 }
 
@@ -375,20 +391,20 @@ Status LaunchSelect(const double* qsums, int q_parts, int heads, const float* kr
 // 64 CTAs, 1024 threads were slower too).
 template <int kGroup>
 Status LaunchSelectSized(bool lone_cta, const double* qsums, int q_parts, int heads, const float* kreps_t,
-                         const int32_t* bd, int n_plus_1, int seq, int dim, int nqb, int batch,
+                         const int32_t* bd, int n_plus_1, int seq, int dim, int nqb, int first_block, int batch,
                          const SelectKeysAttrs& a, int32_t* indices, int32_t* counts, int sms, bool early_successor,
                          cudaStream_t stream) {
-  return lone_cta ? LaunchSelect<kGroup, 1024>(qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, batch, a,
-                                               indices, counts, sms, early_successor, stream)
-                  : LaunchSelect<kGroup, 512>(qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb, batch, a,
-                                              indices, counts, sms, early_successor, stream);
+  return lone_cta ? LaunchSelect<kGroup, 1024>(qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb,
+                                               first_block, batch, a, indices, counts, sms, early_successor, stream)
+                  : LaunchSelect<kGroup, 512>(qsums, q_parts, heads, kreps_t, bd, n_plus_1, seq, dim, nqb,
+                                              first_block, batch, a, indices, counts, sms, early_successor, stream);
 }
 
 template <typename T>
 struct Launch {
   static Status Run(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
                     int32_t* indices, int32_t* counts, cudaStream_t stream, void* workspace, bool early_successor,
-                    int32_t* zero, int n_zero) {
+                    int skip_blocks, int32_t* zero, int n_zero) {
     const char* op = kSelectKeys;
     const int seq = static_cast<int>(q.l), dim = static_cast<int>(q.d), batch = static_cast<int>(q.b);
     const int nqb = static_cast<int>(num_query_blocks(q.l, a.block_size));
@@ -404,9 +420,10 @@ struct Launch {
                            " chunks exceed one CTA's shared memory; lower chunk_beta or the sequence length");
     if (dim > 256) return Status::Error(std::string(op) + ": head dim above 256 is not supported on CUDA");
     // Blocks per CTA: as many as shared memory allows while the grid still covers every SM.
+    const int selected = nqb - skip_blocks;
     int group = 1;
     for (int g : {8, 4, 2})
-      if (SelectSmem(g, n, dim) + kStatic <= static_cast<size_t>(max_smem) && (nqb / g) * batch >= sms) {
+      if (SelectSmem(g, n, dim) + kStatic <= static_cast<size_t>(max_smem) && (selected / g) * batch >= sms) {
         group = g;
         break;
       }
@@ -418,14 +435,17 @@ struct Launch {
     constexpr int kVec = 16 / static_cast<int>(sizeof(T));
     const bool vec = dim % kVec == 0 && reinterpret_cast<uintptr_t>(q.data) % 16 == 0 &&
                      reinterpret_cast<uintptr_t>(k.data) % 16 == 0;
-    const Status reps = vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, zero, n_zero, stream)
-                            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, kreps, qsums, q_parts, zero, n_zero, stream);
+    const int first_q = static_cast<int>(
+        leading_fit_blocks(q.l, a.block_size, a.sliding_window, a.instruction_tokens, a.budget));
+    const Status reps =
+        vec ? LaunchReps<T, kVec>(a, q, k, bd, n_plus_1, first_q, kreps, qsums, q_parts, zero, n_zero, stream)
+            : LaunchReps<T, 1>(a, q, k, bd, n_plus_1, first_q, kreps, qsums, q_parts, zero, n_zero, stream);
     DHSA_RETURN_IF_ERROR(reps);
     const int np1 = static_cast<int>(n_plus_1), heads = static_cast<int>(q.h);
     const bool lone_cta = 2 * (SelectSmem(group, n, dim) + kStatic) > static_cast<size_t>(sm_smem);
     const auto select = [&](auto launch) {
-      return launch(lone_cta, qsums, q_parts, heads, kreps, bd, np1, seq, dim, nqb, batch, a, indices, counts, sms,
-                    early_successor, stream);
+      return launch(lone_cta, qsums, q_parts, heads, kreps, bd, np1, seq, dim, nqb, skip_blocks, batch, a, indices,
+                    counts, sms, early_successor, stream);
     };
     switch (group) {
       case 8: return select(LaunchSelectSized<8>);
@@ -446,15 +466,16 @@ size_t SelectKeysWorkspace(const SelectKeysAttrs& a, int64_t batch, int64_t seq,
 
 Status SelectKeysBeforeAttention(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd,
                                  int64_t n_plus_1, int32_t* indices, int32_t* counts, void* stream, void* workspace,
-                                 bool early_successor, int32_t* zero, int64_t n_zero) {
+                                 bool early_successor, int64_t skip_blocks, int32_t* zero, int64_t n_zero) {
   if (q.l > (1ll << 30)) return Status::Error("DhsaSelectKeys: L above 2^30 is not supported on CUDA");
   return DispatchFloat<Launch>(q.dtype, a, q, k, bd, n_plus_1, indices, counts, static_cast<cudaStream_t>(stream),
-                               workspace, early_successor, zero, static_cast<int>(n_zero));
+                               workspace, early_successor, static_cast<int>(skip_blocks), zero,
+                               static_cast<int>(n_zero));
 }
 
 Status SelectKeys(const SelectKeysAttrs& a, const Act4& q, const Act4& k, const int32_t* bd, int64_t n_plus_1,
                   int32_t* indices, int32_t* counts, void* stream, void* workspace) {
-  return SelectKeysBeforeAttention(a, q, k, bd, n_plus_1, indices, counts, stream, workspace, false);
+  return SelectKeysBeforeAttention(a, q, k, bd, n_plus_1, indices, counts, stream, workspace, false, 0);
 }
 
 }  // namespace cuda

@@ -213,6 +213,16 @@ __device__ __forceinline__ CtaWork cta_work(const Params& p, bool gather) {
   return w;
 }
 
+// The CTA's work item as trace records name it (TraceRecord in dhsa/cuda.h).
+__device__ __forceinline__ uint32_t trace_item(const Params& p) {
+  const int3 item = cta_item(p);
+  const int xs = item.x - p.tail_ctas, sparse_blocks = (p.tail0 + p.block - 1) / p.block;
+  const uint32_t cls = xs < 0 ? 0 : (xs < p.fit_ctas ? 1 : 2);
+  const int v = xs < 0 ? item.x : (xs < p.fit_ctas ? p.fit_blocks - 1 - xs / p.row_tiles
+                                                   : sparse_blocks - 1 - (xs - p.fit_ctas) / p.row_tiles);
+  return cls << 28 | static_cast<uint32_t>(item.y) << 20 | static_cast<uint32_t>(v);
+}
+
 __device__ __forceinline__ RowInfo row_info(const Params& p, const CtaWork& w, int r) {
   const int rr = w.tile_row0 + r;
   if (w.gather) {
@@ -830,18 +840,24 @@ __device__ __forceinline__ void WgmmaCta(const Params& p, bool gather) {
 // first kernel waited for its predecessor, so they start without waiting for the selection.
 template <typename T, int D, int BN, int S>
 __global__ void __launch_bounds__(kThreads, 1) FlashKernel(Params p) {
+  CtaTrace trace(kTraceAttention);
   const int item = cta_item(p).x;
   if (p.early && item < p.tail_ctas + p.fit_ctas) LaunchDependents();  // waits in before_store
   else AfterPredecessor();
+  trace.ready();
+  trace.item = trace_item(p);
   if (item < p.tail_ctas) FlashCta<T, D, BN, S>(p, false);
   else FlashCta<T, D, BN, S>(p, true);
 }
 
 template <typename T, int D, int SK>
 __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Params p) {
+  CtaTrace trace(kTraceAttention, 128);  // an MMA thread: the loading warpgroup leaves first
   const int item = cta_item(p).x;
   if (p.early && item < p.tail_ctas + p.fit_ctas) LaunchDependents();  // waits in before_store
   else AfterPredecessor();
+  trace.ready();
+  trace.item = trace_item(p);
   if (item < p.tail_ctas) WgmmaCta<T, D, SK>(p, false);
   else WgmmaCta<T, D, SK>(p, true);
 }
@@ -851,7 +867,9 @@ __global__ void __launch_bounds__(WgmmaTiles<D, SK>::kThreads, 1) WgmmaKernel(Pa
 constexpr int kMergeRows = 8;
 template <typename T, int D>
 __global__ void __launch_bounds__(256) MergeSplitsKernel(Params p) {
+  CtaTrace trace(kTraceMerge);
   AfterPredecessor();
+  trace.ready();
   __shared__ MergeRow rows[kMergeRows];
   constexpr int kParts = kBM / kMergeRows;
   const int x = static_cast<int>(blockIdx.x), part = x % kParts, tile = x / kParts % p.tail_tiles;
@@ -951,11 +969,6 @@ Status RunKernels(Params p, int batch, cudaStream_t stream, void* workspace, siz
     p.part_ml = ws.take<float>(static_cast<size_t>(batch) * p.hq * p.tail_rows * p.splits * 2);
     p.tail_ctas = p.tail_tiles * p.splits;
   }
-  p.fit_blocks = 0;
-  if (p.early)  // the leading blocks that keep their whole eligible range
-    while (p.fit_blocks < sparse_blocks &&
-           keeps_whole_range(block_range(p.fit_blocks, p.seq, p.block, p.window, p.seq - p.tail0), p.nb))
-      ++p.fit_blocks;
   p.fit_ctas = p.fit_blocks * p.row_tiles;
   p.late_ctas = p.fit_blocks / 2 * p.row_tiles;
   p.ctas_per_head = p.tail_ctas + sparse_blocks * p.row_tiles;
@@ -1066,9 +1079,15 @@ int64_t TailMergeCounters(const SparseAttentionAttrs& a, int64_t batch, int64_t 
   return batch * hkv * TailTiles(hq / hkv, tail);
 }
 
+int64_t FusedFitBlocks(const SparseAttentionAttrs& a, const Act4& q, int64_t nb) {
+  if (!ProgrammaticLaunch() || !TensorCorePath(q.dtype, q.d)) return 0;
+  return leading_fit_blocks(q.l, a.block_size, a.sliding_window, a.instruction_tokens, nb);
+}
+
 Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                                      const int32_t* indices, const int32_t* counts, int64_t nb, void* out,
-                                     void* stream, void* workspace, bool early, int32_t* merge_counters) {
+                                     void* stream, void* workspace, bool early, int64_t fit_blocks,
+                                     int32_t* merge_counters) {
   if (q.l > (1ll << 30) || nb > (1ll << 30))
     return Status::Error("DhsaSparseAttention: L or Nb above 2^30 is not supported on CUDA");
   Params p{};
@@ -1090,6 +1109,7 @@ Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& 
   p.softcap = a.softcap;
   p.tail_rows = p.seq - p.tail0;
   p.early = early && ProgrammaticLaunch();
+  p.fit_blocks = p.early ? static_cast<int>(fit_blocks) : 0;
   p.merge_counters = merge_counters;
   size_t ws_bytes = TensorCorePath(q.dtype, q.d) ? SparseAttentionWorkspace(a, q.b, q.h, q.l, q.d) : 0;
   return DispatchFloat<Launch>(q.dtype, p, static_cast<int>(q.b), static_cast<int>(q.d),
@@ -1099,7 +1119,7 @@ Status SparseAttentionAfterSelection(const SparseAttentionAttrs& a, const Act4& 
 Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                        const int32_t* indices, const int32_t* counts, int64_t nb, void* out, void* stream,
                        void* workspace) {
-  return SparseAttentionAfterSelection(a, q, k, v, indices, counts, nb, out, stream, workspace, false, nullptr);
+  return SparseAttentionAfterSelection(a, q, k, v, indices, counts, nb, out, stream, workspace, false, 0, nullptr);
 }
 
 }  // namespace cuda

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Same-call A/B of CUDA library builds: one DHSA layer (boundaries + DhsaSelectAttention, as
+bench_attention.py times it) per library, each captured as a CUDA graph, timed in interleaved rounds
+(medians of --replays replays per round) next to dense causal SDPA; prints each library's median over
+the rounds, its change against the first library, and its largest output difference from it.
+Libraries built from other trees time a few per cent apart on identical work (benchmarks/NOTES.md),
+so read small differences against the spread between rounds.
+
+    python scripts/ab_libraries.py build/a/libdhsa_cuda.so build/b/libdhsa_cuda.so --seqs 4096,8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dhsa_export.native import CudaKernels  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_attention import SHAPES, as_graph, dhsa_fn, timed  # noqa: E402
+
+
+def median_ms(replay, n: int) -> float:
+    return statistics.median(timed(replay, 0, n))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("libraries", nargs="+")
+    ap.add_argument("--shapes", default="gemma2-2b")
+    ap.add_argument("--seqs", default="4096,8192")
+    ap.add_argument("--budget", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--replays", type=int, default=25)
+    args = ap.parse_args()
+    libs = [CudaKernels(Path(p)) for p in args.libraries]
+    names = [str(Path(p).parent.name or p) for p in args.libraries]
+    for shape in args.shapes.split(","):
+        hq, hkv, dim = SHAPES[shape]
+        for seq in (int(s) for s in args.seqs.split(",")):
+            gen = torch.Generator(device="cuda").manual_seed(seq)
+            q, k, v = (torch.randn(1, h, seq, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                       for h in (hq, hkv, hkv))
+            outs, graphs = [], []
+            for kern in libs:
+                run = dhsa_fn(kern, q, k, v, args.budget)
+                outs.append(run().float())
+                graphs.append(as_graph(run))
+
+            def dense():
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+            graphs.append(as_graph(dense))
+            for g in graphs:  # warm-up
+                median_ms(g, 5)
+            times = [[] for _ in graphs]
+            for _ in range(args.rounds):
+                for i, g in enumerate(graphs):
+                    times[i].append(median_ms(g, args.replays))
+            dense_ms = statistics.median(times[-1])
+            base = statistics.median(times[0])
+            print(f"{shape} L={seq} budget={args.budget}: dense (cuDNN) {dense_ms:.4f} ms "
+                  f"[{min(times[-1]):.4f}-{max(times[-1]):.4f}]")
+            for i, name in enumerate(names):
+                med = statistics.median(times[i])
+                diff = (outs[i] - outs[0]).abs().max().item()
+                print(f"  {name:<14} {med:.4f} ms [{min(times[i]):.4f}-{max(times[i]):.4f}]  {100 * (med / base - 1):+5.1f} %"
+                      f"  {dense_ms / med:.3f}x dense  max |out - {names[0]}| {diff:.3g}")
+            del q, k, v, outs, graphs
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
