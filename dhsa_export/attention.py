@@ -21,6 +21,7 @@ from .boundary_predictor import BoundaryPredictor, load_predictor
 from .config import DHSAConfig
 from .errors import DHSAError
 from .ops import library as ops
+from .ops.reference import attended_pairs
 
 ATTN_IMPLEMENTATION = "dhsa"
 SUPPORTED_MODEL_TYPES = ("gemma2", "gemma3_text")
@@ -38,6 +39,8 @@ class DHSARuntime:
     # tensor outlives its forward, and a traced model holds no fake tensors afterwards).
     shared: dict = field(default_factory=dict)
     check_padding: bool = True
+    # When a dict: layer index -> (attended, visible) (query, key) pairs of the last prefill, for reports.
+    sparsity: dict | None = None
 
     def uses_dhsa(self, layer_type: str) -> bool:
         return self.config.layers in ("all", layer_type)
@@ -133,6 +136,12 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
     if out is None:
         out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
                                    window, cfg.instruction_tokens)
+    if rt.sparsity is not None and not torch.compiler.is_compiling():
+        if selection is None:  # the fused op keeps its selection inside: make it again for the count
+            selection = ops.select_keys(query, key, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
+                                        cfg.global_tokens, window, cfg.instruction_tokens)
+        rt.sparsity[module.layer_idx] = attended_pairs(*selection, q_len, cfg.block_size, window,
+                                                       cfg.instruction_tokens)
     if module.layer_idx == rt.last_layer:
         shared.clear()
     return out.transpose(1, 2).contiguous(), None

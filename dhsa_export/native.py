@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import DHSAError
+from .ops.spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
 
 ORT_LIBRARY = "libdhsa_ort.so"
 CUDA_LIBRARY = "libdhsa_cuda.so"
@@ -51,30 +52,59 @@ def ort_library() -> Path:
 
 
 def cuda_library() -> Path:
-    """The ctypes entry points to the CUDA kernels; DHSA_CUDA_LIBRARY overrides the search."""
+    """The CUDA kernels' C API (plugins/capi/dhsa_capi.h); DHSA_CUDA_LIBRARY overrides the search."""
     return _find(CUDA_LIBRARY, "DHSA_CUDA_LIBRARY")
 
 
+MAX_RANK = 8
+# Element type codes of the C API (dhsa_capi.h); anything else is refused by the op's checks.
+_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64")
+_UNSUPPORTED = len(_DTYPES)
+
+
+class _Attr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("type", ctypes.c_int32), ("i", ctypes.c_int64), ("f", ctypes.c_double),
+                ("s", ctypes.c_char_p)]
+
+
+class _Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int32), ("rank", ctypes.c_int32),
+                ("dims", ctypes.c_int64 * MAX_RANK)]
+
+
+def _tensor(t) -> _Tensor:
+    """A torch tensor (or None: an absent optional input) as the C API's description."""
+    out = _Tensor()
+    if t is None:
+        out.rank = -1
+        return out
+    name = str(t.dtype).removeprefix("torch.")
+    out.data, out.dtype, out.rank = t.data_ptr(), _DTYPES.index(name) if name in _DTYPES else _UNSUPPORTED, t.dim()
+    if t.dim() > MAX_RANK:
+        raise DHSAError(f"rank {t.dim()} tensors are not DHSA op inputs")
+    for i, d in enumerate(t.shape):
+        out.dims[i] = d
+    return out
+
+
 class CudaKernels:
-    """The CUDA launchers on torch tensors (contiguous, on the current CUDA device and stream)."""
+    """The ops of the native library by name (its C API, dhsa_capi.h), on torch tensors: contiguous, on the
+    current CUDA device and stream. Attributes are parsed and inputs checked by the same native code as
+    the ONNX Runtime ops, so both reject a malformed input with the same message."""
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
-        p, i64p, i32p, f32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p
-        c = ctypes
-        self.lib.dhsa_cuda_chunk_boundaries.argtypes = [p, c.c_int, i64p, f32p, c.c_char_p, i64p, c.c_float, i32p, p,
-                                                        p, c.c_char_p, c.c_int]
-        self.lib.dhsa_cuda_select_keys.argtypes = [p, p, c.c_int, i64p, i64p, i32p, c.c_int64, i64p, i32p, i32p, p,
-                                                   p, c.c_char_p, c.c_int]
-        self.lib.dhsa_cuda_sparse_attention.argtypes = [p, p, p, c.c_int, i64p, i64p, i32p, i32p, c.c_int64, i64p,
-                                                        c.c_float, c.c_float, p, p, p, c.c_char_p, c.c_int]
-        self.lib.dhsa_cuda_select_attention.argtypes = [p, p, p, c.c_int, i64p, i64p, i32p, c.c_int64, i64p,
-                                                        c.c_float, c.c_float, p, p, p, c.c_char_p, c.c_int]
-        self.lib.dhsa_cuda_workspace_size.argtypes = [c.c_int, i64p, i64p, c.c_int64]
-        self.lib.dhsa_cuda_workspace_size.restype = c.c_int64
+        c, p, err = ctypes, ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+        tensors = ctypes.POINTER(_Tensor)
+        self.lib.dhsa_op_signature.argtypes = [c.c_char_p, c.c_char_p, c.c_int]
+        self.lib.dhsa_op_create.argtypes = [c.c_char_p, c.POINTER(_Attr), c.c_int, c.POINTER(p), *err]
+        self.lib.dhsa_op_release.argtypes = [p]
+        self.lib.dhsa_op_check.argtypes = [p, tensors, c.c_int, tensors, c.c_int, c.POINTER(c.c_int64), *err]
+        self.lib.dhsa_op_run_cuda.argtypes = [p, tensors, c.c_int, tensors, c.c_int, p, p, *err]
         self.lib.dhsa_cuda_set_shared_memory_limit.argtypes = [c.c_int]
         self.lib.dhsa_cuda_use_hopper_kernels.argtypes = [c.c_int]
         self.lib.dhsa_cuda_attention_kernel.restype = c.c_char_p
+        self._handles: dict[tuple, ctypes.c_void_p] = {}
 
     def set_shared_memory_limit(self, nbytes: int) -> None:
         """Plan kernels for at most `nbytes` of shared memory per block (0: the device's limit), e.g.
@@ -90,112 +120,92 @@ class CudaKernels:
         """Which tensor-core attention kernel 16-bit inputs take on the current device."""
         return self.lib.dhsa_cuda_attention_kernel().decode()
 
-    @staticmethod
-    def _dtype(t) -> int:
-        import torch
-
-        codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-        if t.dtype not in codes:
-            raise DHSAError(f"CUDA kernels take float32, float16 or bfloat16, got {t.dtype}")
-        return codes[t.dtype]
+    def signature(self, spec: OpSpec) -> str:
+        """The op's signature in the native op table (compared with spec.py's by the tests)."""
+        buf = ctypes.create_string_buffer(1024)
+        if self.lib.dhsa_op_signature(spec.onnx_name.encode(), buf, len(buf)) != 0:
+            raise DHSAError(buf.value.decode())
+        return buf.value.decode()
 
     @staticmethod
-    def _i64(values) -> ctypes.Array:
-        values = [int(v) for v in values]
-        return (ctypes.c_int64 * len(values))(*values)
+    def _fail(err: ctypes.Array):
+        from .ops.reference import OpInputError
 
-    @staticmethod
-    def _stream():
-        import torch
+        raise OpInputError(err.value.decode())
 
-        return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    def _handle(self, spec: OpSpec, attrs: tuple) -> ctypes.c_void_p:
+        """The native op for these attribute values, created once (attributes parsed and validated)."""
+        key = (spec.onnx_name, attrs)
+        if key not in self._handles:
+            codes = {int: 0, float: 1, str: 2}
+            arr = (_Attr * len(spec.attrs))()
+            for a, (s, v) in zip(arr, zip(spec.attrs, attrs, strict=True)):
+                a.name, a.type = s.name.encode(), codes[s.type]
+                if s.type is str:
+                    a.s = str(v).encode()
+                elif s.type is int:
+                    a.i = int(v)
+                else:
+                    a.f = float(v)
+            handle, err = ctypes.c_void_p(), ctypes.create_string_buffer(512)
+            if self.lib.dhsa_op_create(spec.onnx_name.encode(), arr, len(arr), ctypes.byref(handle), err, len(err)):
+                self._fail(err)
+            self._handles[key] = handle
+        return self._handles[key]
 
-    def _workspace(self, op: int, shape, iattrs, extra: int, device):
-        """Workspace from torch's caching allocator (so torch's memory statistics include it)."""
-        import torch
-
-        n = self.lib.dhsa_cuda_workspace_size(op, self._i64(shape), self._i64(iattrs), extra)
-        return torch.empty(max(n, 1), dtype=torch.uint8, device=device)
-
-    def _check(self, rc: int, err: ctypes.Array) -> None:
-        if rc != 0:
-            from .ops.reference import OpInputError
-
-            raise OpInputError(err.value.decode())
-
-    def chunk_boundaries(self, key, scores, method, block_size, chunk_beta, chunk_size, window, nms_radius,
-                         threshold, instruction_tokens, out=None):
-        import torch
-
-        from .ops.reference import num_chunks
-
-        key = key.contiguous()
-        n = num_chunks(key.shape[2], block_size, chunk_beta)
-        out = torch.empty((key.shape[0], n + 1), dtype=torch.int32, device=key.device) if out is None else out
+    def check(self, spec: OpSpec, inputs, attrs) -> tuple[list[tuple], int]:
+        """The outputs' (dtype name, shape) and the CUDA workspace bytes for these inputs, or the op's
+        error (OpInputError). Reads no data: CPU tensors describe CUDA inputs just as well."""
+        handle = self._handle(spec, tuple(attrs))
+        ins = (_Tensor * len(inputs))(*[_tensor(t) for t in inputs])
+        outs, ws = (_Tensor * len(spec.outputs))(), ctypes.c_int64()
         err = ctypes.create_string_buffer(512)
-        sp = None if scores is None else scores.contiguous().float()
-        ws = self._workspace(0, key.shape, [method == "fixed"], 0, key.device)
-        rc = self.lib.dhsa_cuda_chunk_boundaries(
-            key.data_ptr(), self._dtype(key), self._i64(key.shape), None if sp is None else sp.data_ptr(),
-            method.encode(), self._i64([block_size, chunk_beta, chunk_size, window, nms_radius, instruction_tokens]),
-            float(threshold), out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
-        self._check(rc, err)
-        return out
+        if self.lib.dhsa_op_check(handle, ins, len(ins), outs, len(outs), ctypes.byref(ws), err, len(err)):
+            self._fail(err)
+        return [(_DTYPES[o.dtype], tuple(o.dims[: o.rank])) for o in outs], ws.value
 
-    def select_keys(self, query, key, boundaries, block_size, budget, local_tokens, global_tokens, sliding_window,
-                    instruction_tokens, out=None):
+    def run(self, spec: OpSpec, inputs, attrs, out=None, workspace: bool = True):
+        """Checks, allocates what `out` does not give (the workspace from torch's caching allocator, so its
+        memory statistics include it; workspace=False lets the launcher take it from the stream-ordered
+        allocator, as ORT's CUDA EP does), then launches on the current stream. Returns the output
+        tensor, or a tuple of them."""
         import torch
 
-        from .ops.reference import num_query_blocks
-
-        query, key, boundaries = query.contiguous(), key.contiguous(), boundaries.contiguous()
-        b, nqb = query.shape[0], num_query_blocks(query.shape[2], block_size)
+        inputs = [None if t is None else t.contiguous() for t in inputs]
+        device = inputs[0].device
+        descs, ws_bytes = self.check(spec, inputs, attrs)
         if out is None:
-            out = (torch.empty((b, nqb, budget), dtype=torch.int32, device=query.device),
-                   torch.empty((b, nqb), dtype=torch.int32, device=query.device))
+            out = tuple(torch.empty(shape, dtype=getattr(torch, dt), device=device) for dt, shape in descs)
+        elif not isinstance(out, tuple):
+            out = (out,)
+        ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=device) if workspace else None
+        handle = self._handle(spec, tuple(attrs))
+        ins = (_Tensor * len(inputs))(*[_tensor(t) for t in inputs])
+        outs = (_Tensor * len(out))(*[_tensor(t) for t in out])
         err = ctypes.create_string_buffer(512)
-        ws = self._workspace(1, query.shape, [block_size], boundaries.shape[1], query.device)
-        rc = self.lib.dhsa_cuda_select_keys(
-            query.data_ptr(), key.data_ptr(), self._dtype(query), self._i64(query.shape), self._i64(key.shape),
-            boundaries.data_ptr(), boundaries.shape[1],
-            self._i64([block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens]),
-            out[0].data_ptr(), out[1].data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
-        self._check(rc, err)
-        return out
+        stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+        if self.lib.dhsa_op_run_cuda(handle, ins, len(ins), outs, len(outs), None if ws is None else ws.data_ptr(),
+                                     stream, err, len(err)):
+            self._fail(err)
+        return out if len(out) > 1 else out[0]
 
-    def sparse_attention(self, query, key, value, indices, counts, block_size, scale, softcap, sliding_window,
-                         instruction_tokens, out=None):
+    def chunk_boundaries(self, key, scores, *attrs, out=None):
+        return self.run(CHUNK_BOUNDARIES, (key, scores), attrs, out)
+
+    def select_keys(self, query, key, boundaries, *attrs, out=None):
+        return self.run(SELECT_KEYS, (query, key, boundaries), attrs, out)
+
+    def sparse_attention(self, query, key, value, indices, counts, *attrs, out=None, workspace: bool = True):
         """out: a buffer for the result, which may be `query` itself (the kernels read each query row
         before writing that row's output, as ORT's in-place reuse of Q's buffer relies on)."""
-        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-        indices, counts = indices.contiguous(), counts.contiguous()
         out = _output(out, query)
-        err = ctypes.create_string_buffer(512)
-        ws = self._workspace(2, query.shape, [sliding_window, instruction_tokens], 0, query.device)
-        rc = self.lib.dhsa_cuda_sparse_attention(
-            query.data_ptr(), key.data_ptr(), value.data_ptr(), self._dtype(query), self._i64(query.shape),
-            self._i64(key.shape), indices.data_ptr(), counts.data_ptr(), indices.shape[2],
-            self._i64([block_size, sliding_window, instruction_tokens]), float(scale), float(softcap),
-            out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
-        self._check(rc, err)
-        return out
+        return self.run(SPARSE_ATTENTION, (query, key, value, indices, counts), attrs, out, workspace)
 
-    def select_attention(self, query, key, value, boundaries, block_size, budget, local_tokens, global_tokens,
-                         scale, softcap, sliding_window, instruction_tokens, out=None):
+    def select_attention(self, query, key, value, boundaries, *attrs, out=None, workspace: bool = True):
         """select_keys then sparse_attention in one launch sequence, the attention's blocks that need no
         selection running beside it; out as in sparse_attention (may be `query` itself)."""
-        query, key, value, boundaries = query.contiguous(), key.contiguous(), value.contiguous(), boundaries.contiguous()
         out = _output(out, query, key, value)
-        err = ctypes.create_string_buffer(512)
-        iattrs = [block_size, budget, local_tokens, global_tokens, sliding_window, instruction_tokens]
-        ws = self._workspace(3, [*query.shape, key.shape[1]], iattrs, boundaries.shape[1], query.device)
-        rc = self.lib.dhsa_cuda_select_attention(
-            query.data_ptr(), key.data_ptr(), value.data_ptr(), self._dtype(query), self._i64(query.shape),
-            self._i64(key.shape), boundaries.data_ptr(), boundaries.shape[1], self._i64(iattrs), float(scale),
-            float(softcap),
-            out.data_ptr(), self._stream(), ws.data_ptr(), err, len(err))
-        self._check(rc, err)
-        return out
+        return self.run(SELECT_ATTENTION, (query, key, value, boundaries), attrs, out, workspace)
 
 
 def _output(out, query, *others):
@@ -233,8 +243,7 @@ def enable_cuda_kernels() -> CudaKernels:
     from .ops import library  # noqa: F401 - defines the ops
 
     k = cuda_kernels()
-    torch.library.register_kernel("dhsa::chunk_boundaries", "cuda", lambda *a: k.chunk_boundaries(*a))
-    torch.library.register_kernel("dhsa::select_keys", "cuda", lambda *a: k.select_keys(*a))
-    torch.library.register_kernel("dhsa::sparse_attention", "cuda", lambda *a: k.sparse_attention(*a))
-    torch.library.register_kernel("dhsa::select_attention", "cuda", lambda *a: k.select_attention(*a))
+    for spec in ALL_OPS:
+        n = len(spec.inputs)
+        torch.library.register_kernel(spec.qualname, "cuda", lambda *a, s=spec, n=n: k.run(s, a[:n], a[n:]))
     return k

@@ -88,16 +88,22 @@ class EngineSection(_Strict):
 
 
 class Gates(_Strict):
+    """dhsa-check compare's pass conditions. Errors are relative to the reference tensor's own norm,
+    so one gate holds at every length and for tensors of any scale (logits, attention outputs)."""
     cosine: float = Field(ge=-1, le=1)
     top1: float = Field(ge=0, le=1)
     greedy: float = Field(1.0, ge=0, le=1)
-    max_abs: float | None = Field(None, gt=0)
+    rel_error: float = Field(gt=0)  # logits: |deployed - reference| / |reference|
+    layer_rel_error: float = Field(gt=0)  # each layer's attention output, against its own norm
 
 
+# fp32: float32 reordering noise of another runtime stays near 1e-6 relative (docs/testing.md has the
+# measurements at 1K-8K), and a 1e-3 relative change of one layer's weights shows as ~1e-3 in that layer:
+# 1e-4 sits between them by a factor of ten or more either way.
 class CheckSection(_Strict):
-    fp32: Gates = Gates(cosine=0.9999, top1=1.0, greedy=1.0, max_abs=1e-3)
-    fp16: Gates = Gates(cosine=0.99, top1=0.99, greedy=0.9)
-    bf16: Gates = Gates(cosine=0.98, top1=0.97, greedy=0.8)
+    fp32: Gates = Gates(cosine=0.9999, top1=0.999, greedy=1.0, rel_error=1e-4, layer_rel_error=1e-4)
+    fp16: Gates = Gates(cosine=0.99, top1=0.99, greedy=0.9, rel_error=0.05, layer_rel_error=0.05)
+    bf16: Gates = Gates(cosine=0.98, top1=0.97, greedy=0.8, rel_error=0.1, layer_rel_error=0.1)
 
 
 class NiahSection(_Strict):

@@ -69,6 +69,40 @@ def torch_logits(model) -> LogitsFn:
     return run
 
 
+class TorchLM:
+    """A transformers causal LM split at its head: final hidden states for a whole sequence, and the
+    logits of any slice of them (lm_head, then the final soft-cap where the model has one), so that
+    vocabulary-sized logits are only ever made a few positions at a time."""
+
+    def __init__(self, model):
+        self.model = model
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+
+    @torch.no_grad()
+    def hidden(self, ids: np.ndarray) -> torch.Tensor:
+        ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        return self.model.model(input_ids=ids, use_cache=False).last_hidden_state
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_output_embeddings()(hidden)
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out.float()
+
+    def greedy(self, ids: np.ndarray, new_tokens: int) -> list[int]:
+        """Greedy decoding by full re-runs, each step's logits for the last position only."""
+        seq = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        out = []
+        for _ in range(new_tokens):
+            nxt = int(self.logits(self.hidden(seq)[:, -1:])[0, -1].argmax())
+            out.append(nxt)
+            seq = np.concatenate([seq, [[nxt]]], axis=1)
+        return out
+
+
 def greedy(logits: LogitsFn, ids: np.ndarray, new_tokens: int) -> list[int]:
     """Greedy decoding by full re-runs (the exported graph has no KV cache): each step is a prefill."""
     seq = np.asarray(ids, dtype=np.int64).reshape(1, -1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All tests that run without a GPU: the fast suite, the op tests under AddressSanitizer + UBSan, then
-# the slow real-weights tests (gemma3-270m). GPU tests: scripts/gpu_check.sh on a CUDA machine.
+# the slow real-weights tests (gemma3-270m). GPU tests: scripts/dev/gpu_check.sh on a CUDA machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || scripts/setup.sh

@@ -69,25 +69,29 @@ def test_fp16_export_on_ort_cpu(exported, tmp_path):
     assert rep["logits"]["cosine"] >= 0.99 and rep["logits"]["top1"] >= 0.99
 
 
-def _perturb_layer(src, dst, layer: int):
-    """Copy of the model with layer `layer`'s q_proj weight scaled: a deliberately damaged deployment."""
+def perturb_layer(src, dst, layer: int, proj: str = "q_proj", relative: float | None = None, seed: int = 0):
+    """Copy of the model with one projection weight of layer `layer` changed: four columns scaled by 1.5,
+    or (relative) every element times 1 + relative * N(0, 1). A deliberately damaged deployment."""
     model = onnx.load(str(src))
     target = None
     for node in model.graph.node:
         scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
-        if node.op_type == "MatMul" and f"layers.{layer}.self_attn.q_proj'" in scopes:
+        if node.op_type == "MatMul" and f"layers.{layer}.self_attn.{proj}'" in scopes:
             target = node.input[1]
             break
     init = next(i for i in model.graph.initializer if i.name == target)
     w = onnx.numpy_helper.to_array(init).copy()
-    w[:, :4] *= 1.5
+    if relative is None:
+        w[:, :4] *= 1.5
+    else:
+        w *= (1 + relative * np.random.default_rng(seed).standard_normal(w.shape)).astype(w.dtype)
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
-    onnx.save(model, str(dst))
+    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
 
 
 def test_damaged_weight_names_first_diverging_layer(exported, tmp_path):
     bad = tmp_path / "damaged.onnx"
-    _perturb_layer(exported("tiny-gemma2", "plugin"), bad, layer=2)
+    perturb_layer(exported("tiny-gemma2", "plugin"), bad, layer=2)
     r = run(["tiny-gemma2", "--onnx", str(bad), "--layers", "--greedy-tokens", "4", "--out", str(tmp_path / "rep")])
     assert r.returncode == 1
     assert "first diverging layer: 2" in r.stderr
@@ -95,6 +99,32 @@ def test_damaged_weight_names_first_diverging_layer(exported, tmp_path):
     assert rep["first_diverging_layer"] == 2
     cos = {i: m["cosine"] for i, m in rep["layers"]}
     assert cos[0] > 0.99999 and cos[1] > 0.99999 and cos[2] < 0.9999
+
+
+@pytest.mark.parametrize("name,layer", [("tiny-gemma2", 1), ("tiny-gemma3", 5)])
+def test_a_relative_1e_3_weight_change_fails_and_names_its_layer(exported, tmp_path, name, layer, seed):
+    """The fp32 gates sit between float32 noise and a 1e-3 relative change of one layer's value weights."""
+    bad = tmp_path / "damaged.onnx"
+    perturb_layer(exported(name, "plugin"), bad, layer=layer, proj="v_proj", relative=1e-3, seed=seed)
+    r = run([name, "--onnx", str(bad), "--layers", "--greedy-tokens", "0", "--out", str(tmp_path / "rep")])
+    assert r.returncode == 1, r.stdout[-2000:]
+    fail = r.stderr.strip().splitlines()[-1]
+    assert fail.startswith("FAIL: ") and f"layer{layer}.attention.rel_error = " in fail, fail
+    assert fail.endswith(f"first diverging layer: {layer}"), fail
+    rep = _report(tmp_path / "rep")
+    errors = {i: m["rel_error"] for i, m in rep["layers"]}
+    assert all(errors[i] < 1e-5 for i in errors if i < layer), errors
+    assert errors[layer] > 3e-4, errors
+
+
+def test_gate_values_never_print_as_their_threshold():
+    from dhsa_export.check import GateResult, _fmt_pair
+
+    for value, threshold in ((0.99989999, 0.9999), (1.00001e-4, 1e-4), (0.999999999997, 0.9999999999971)):
+        a, b = _fmt_pair(value, threshold)
+        assert a != b and float(a) != float(b), (a, b)
+    g = GateResult("logits.rel_error", 1.00001e-4, 1e-4, False, at_most=True)
+    assert g.describe() == "logits.rel_error = 0.000100001 (needs <= 0.0001)"
 
 
 def test_wrong_dhsa_attribute_is_caught(exported, tmp_path):

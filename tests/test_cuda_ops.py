@@ -1,5 +1,5 @@
 """The CUDA kernels against the PyTorch reference on random cases, outputs poisoned before every
-launch. Needs a GPU and libdhsa_cuda.so; skipped elsewhere (run through scripts/gpu_check.sh)."""
+launch. Needs a GPU and libdhsa_cuda.so; skipped elsewhere (run through scripts/dev/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_sparse_attention_rejects_a_bad_out_buffer(kernels):
 
 
 def test_hopper_gpus_take_the_wgmma_kernel(kernels):
-    """On an sm_90 GPU the sm_90a build (scripts/gpu_check.sh) runs the wgmma kernel, so the tests above
+    """On an sm_90 GPU the sm_90a build (scripts/dev/gpu_check.sh) runs the wgmma kernel, so the tests above
     check it; test_sparse_attention_portable_kernel checks the kernel every other GPU runs."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("not a compute capability 9.0 GPU")
@@ -397,18 +397,13 @@ def test_select_attention_replayed_as_a_cuda_graph(kernels, seed):
 
 def test_select_attention_without_a_workspace(kernels, seed):
     """ORT's CUDA EP passes no workspace: the launcher takes one from the stream-ordered allocator."""
-    import ctypes
-
     gen = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v = (torch.randn(2, h, 3000, 128, generator=gen, device="cuda", dtype=torch.bfloat16) for h in (8, 4, 4))
     bd = kernels.chunk_boundaries(k, None, "similarity", 128, 8, 128, 4, 2, 0.0, 64)
-    want = kernels.select_attention(q, k, v, bd, 128, 512, 128, 128, 128 ** -0.5, 0.0, 0, 64)
-    out, err = torch.full_like(q, float("nan")), ctypes.create_string_buffer(512)
-    rc = kernels.lib.dhsa_cuda_select_attention(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), 2, kernels._i64(q.shape), kernels._i64(k.shape), bd.data_ptr(),
-        bd.shape[1], kernels._i64([128, 512, 128, 128, 0, 64]), 128 ** -0.5, 0.0, out.data_ptr(), kernels._stream(),
-        None, err, len(err))
-    assert rc == 0, err.value
+    attrs = (128, 512, 128, 128, 128 ** -0.5, 0.0, 0, 64)
+    want = kernels.select_attention(q, k, v, bd, *attrs)
+    out = torch.full_like(q, float("nan"))
+    kernels.select_attention(q, k, v, bd, *attrs, out=out, workspace=False)
     torch.cuda.synchronize()
     assert torch.equal(out, want)
 

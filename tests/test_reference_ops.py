@@ -62,6 +62,28 @@ def test_fixed_boundaries(seq, chunk, beta, block):
     assert _boundaries_list(bd, 0) == expect and _boundaries_list(bd, 1) == expect
 
 
+@pytest.mark.parametrize("case_id", range(20))
+def test_attended_pairs_count_what_the_attention_sees(case_id, seed):
+    """attended_pairs against a count over every (query, key): selected (or in the dense tail) and visible."""
+    rng = random.Random(seed)
+    case = random_case(rng)
+    q, k, _ = tensors(case, torch.Generator().manual_seed(seed))
+    bd = random_boundaries(rng, case.batch, case.seq, reference.num_chunks(case.seq, case.block_size, case.chunk_beta))
+    idx, cnt = ops.select_keys(q, k, bd, case.block_size, case.budget, case.local_tokens, case.global_tokens,
+                               case.sliding_window, case.instruction_tokens)
+    tail0 = reference.dense_tail_start(case.seq, case.instruction_tokens)
+    w = case.sliding_window
+    attended = visible = 0
+    for b in range(case.batch):
+        for t in range(case.seq):
+            keys = range(case.seq) if t >= tail0 else idx[b, t // case.block_size, : cnt[b, t // case.block_size]].tolist()
+            see = [j for j in keys if j <= t and (w == 0 or j > t - w)]
+            attended += len(see)
+            visible += t + 1 - (max(0, t - w + 1) if w else 0)
+    assert reference.attended_pairs(idx, cnt, case.seq, case.block_size, w, case.instruction_tokens) == (attended,
+                                                                                                        visible)
+
+
 @pytest.mark.parametrize("case_id", range(N_CASES))
 def test_select_keys_match_naive(case_id, seed):
     rng = random.Random(seed)

@@ -85,11 +85,10 @@ def niah_cmd(model, recipe_name, model_path, lengths, depths, keys, budgets, met
 
 
 
-def _gates(recipe, precision, cosine, top1, greedy, max_abs) -> Gates:
+def _gates(recipe, precision, **overrides) -> Gates:
     base = getattr(recipe.check, precision)
     data = base.model_dump()
-    data.update({k: v for k, v in dict(cosine=cosine, top1=top1, greedy=greedy, max_abs=max_abs).items()
-                 if v is not None})
+    data.update({k: v for k, v in overrides.items() if v is not None})
     return Gates.model_validate(data)
 
 
@@ -112,13 +111,14 @@ def _gates(recipe, precision, cosine, top1, greedy, max_abs) -> Gates:
 @click.option("--cosine", type=float, help="Override the cosine gate.")
 @click.option("--top1", type=float, help="Override the top-1 agreement gate.")
 @click.option("--greedy", type=float, help="Override the greedy agreement gate.")
-@click.option("--max-abs", type=float, help="Override the max |logit difference| gate.")
+@click.option("--rel-error", type=float, help="Override the logits' relative-error gate (|deployed - ref| / |ref|).")
+@click.option("--layer-rel-error", type=float, help="Override the per-layer relative-error gate (with --layers).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", default="check-report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.json and report.md.")
 @user_errors
 def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path, prompts_file, passkey, length,
-                greedy_tokens, layers, polygraphy, cosine, top1, greedy, max_abs, seed, out_dir):
+                greedy_tokens, layers, polygraphy, cosine, top1, greedy, rel_error, layer_rel_error, seed, out_dir):
     """Run a deployed artefact (--onnx or --engine) and the PyTorch DHSA model on the same token ids and
     compare: cosine, norm ratio, max abs / rel error, top-1 agreement, KL, teacher-forced greedy agreement,
     and with --layers every attention output. Exit 0 when all gates pass, 1 when one fails, 2 on bad input."""
@@ -145,7 +145,8 @@ def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path
             raise click.UsageError("--layers needs --onnx (engines expose only their outputs)")
         deployed, layer_names = checking.engine_runner(artefact), None
         runtime_name = "tensorrt"
-    gates = _gates(recipe, precision, cosine, top1, greedy, max_abs)
+    gates = _gates(recipe, precision, cosine=cosine, top1=top1, greedy=greedy, rel_error=rel_error,
+                   layer_rel_error=layer_rel_error)
     loaded = load(recipe, model_path, progress=progress)
     inputs = checking.make_inputs(recipe, loaded.tokenizer, prompts_file, passkey, length, seed)
     report = checking.compare(recipe, loaded, deployed, artefact=str(artefact), runtime_name=runtime_name,
@@ -157,8 +158,7 @@ def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path
     click.echo(report.to_markdown())
     progress(f"wrote {js} and {md}")
     if not report.passed:
-        failed = ", ".join(f"{g.name} = {g.value:.6g} (needs {'<=' if 'max_abs' in g.name else '>='} {g.threshold})"
-                           for g in report.failed())
+        failed = ", ".join(g.describe() for g in report.failed())
         first = (f"; first diverging layer: {report.first_diverging_layer}"
                  if report.first_diverging_layer is not None else "")
         click.echo(f"FAIL: {failed}{first}", err=True)

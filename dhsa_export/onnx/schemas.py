@@ -14,23 +14,13 @@ from ..ops.spec import ALL_OPS, CHUNK_BOUNDARIES, DOMAIN, SELECT_ATTENTION, SELE
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _ATTR_TYPES = {int: defs.OpSchema.AttrType.INT, float: defs.OpSchema.AttrType.FLOAT,
                str: defs.OpSchema.AttrType.STRING}
-_INT_INPUTS = {"boundaries", "indices", "counts", "scores"}
+_TYPES = {"T": "T", "float32": "tensor(float)", "int32": "tensor(int32)"}
 
 
-def _param(t, type_str: str) -> defs.OpSchema.FormalParameter:
+def _param(t) -> defs.OpSchema.FormalParameter:
     option = defs.OpSchema.FormalParameterOption.Optional if t.optional else \
         defs.OpSchema.FormalParameterOption.Single
-    return defs.OpSchema.FormalParameter(t.name, type_str, t.doc, param_option=option)
-
-
-def _input_type(spec: OpSpec, name: str) -> str:
-    if name == "scores":
-        return "tensor(float)"
-    return "tensor(int32)" if name in _INT_INPUTS else "T"
-
-
-def _output_type(spec: OpSpec, name: str) -> str:
-    return "T" if spec in (SPARSE_ATTENTION, SELECT_ATTENTION) else "tensor(int32)"
+    return defs.OpSchema.FormalParameter(t.name, _TYPES[t.type], t.doc, param_option=option)
 
 
 def _dims(ctx, i: int):
@@ -80,8 +70,8 @@ _INFERENCE = {CHUNK_BOUNDARIES: _infer_boundaries, SELECT_KEYS: _infer_select, S
 def schema(spec: OpSpec) -> defs.OpSchema:
     s = defs.OpSchema(
         spec.onnx_name, DOMAIN, spec.version, spec.doc + " See docs/ops.md.",
-        inputs=[_param(t, _input_type(spec, t.name)) for t in spec.inputs],
-        outputs=[_param(t, _output_type(spec, t.name)) for t in spec.outputs],
+        inputs=[_param(t) for t in spec.inputs],
+        outputs=[_param(t) for t in spec.outputs],
         type_constraints=[("T", _FLOATS, "query / key / value / output precision")],
         attributes=[defs.OpSchema.Attribute(a.name, _ATTR_TYPES[a.type], a.doc, required=True) for a in spec.attrs],
     )

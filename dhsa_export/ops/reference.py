@@ -377,3 +377,26 @@ def _renamed(message: str) -> str:
         if message.startswith(part):
             return "DhsaSelectAttention: " + message[len(part):]
     return message
+
+
+def attended_pairs(indices: torch.Tensor, counts: torch.Tensor, seq_len: int, block_size: int,
+                   sliding_window: int, instruction_tokens: int) -> tuple[int, int]:
+    """(attended, visible): the (query, key) pairs DHSA attends to with this selection, and those dense
+    attention would (causal, sliding window), summed over the batch. Queries of the dense tail attend
+    to every visible key."""
+    b, nqb, _ = indices.shape
+    t = torch.arange(seq_len)
+    lo = (t - sliding_window + 1).clamp(min=0) if sliding_window > 0 else torch.zeros_like(t)
+    visible_per_query = t - lo + 1
+    tail0 = dense_tail_start(seq_len, instruction_tokens)
+    # Past each row's count (and the -1 padding): beyond every position, so the rows stay sorted.
+    keys = indices.long().cpu().clone()
+    keys[torch.arange(keys.shape[2])[None, None] >= counts.long().cpu()[..., None]] = seq_len + 1
+    queries = torch.arange(nqb * block_size).view(nqb, block_size)
+    sparse = queries < tail0
+    q = queries.clamp(max=seq_len - 1).expand(b, nqb, block_size).contiguous()
+    seen = torch.searchsorted(keys, q, right=True)  # selected keys <= t
+    if sliding_window > 0:
+        seen = seen - torch.searchsorted(keys, (q - sliding_window).contiguous(), right=True)
+    attended = int(seen[:, sparse].sum()) + b * int(visible_per_query[tail0:].sum())
+    return attended, b * int(visible_per_query.sum())

@@ -18,6 +18,12 @@ class Tensor:
     name: str
     doc: str
     optional: bool = False
+    type: str = "T"  # "T" (the op's float32 / float16 / bfloat16 activation type), "float32" or "int32"
+    may_take: str | None = None  # an output that may be written over this input's buffer
+
+
+def _i32(name: str, doc: str) -> Tensor:
+    return Tensor(name, doc, type="int32")
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,15 @@ class OpSpec:
         outs = f"({outs})" if len(self.outputs) > 1 else outs
         return f"({', '.join(args)}) -> {outs}"
 
+    def signature(self) -> str:
+        """The one-line form the native op table prints (dhsa/op_table.h Signature): the two tables
+        are compared in this form."""
+        ins = " ".join(f"{t.name}:{t.type}{'?' if t.optional else ''}" for t in self.inputs)
+        outs = " ".join(f"{t.name}:{t.type}{'<' + t.may_take if t.may_take else ''}" for t in self.outputs)
+        ts = {int: "int", float: "float", str: "string"}
+        attrs = " ".join(f"{a.name}:{ts[a.type]}" for a in self.attrs)
+        return f"{self.onnx_name} {self.version} | {ins} | {outs} | {attrs}"
+
 
 _BLOCK = Attr("block_size", int, "b: query block size (>= 1)")
 _SLIDING = Attr("sliding_window", int, "W: key j is visible to query t iff t - W < j <= t; 0 = global layer")
@@ -71,9 +86,10 @@ CHUNK_BOUNDARIES = OpSpec(
     version=1,
     inputs=(
         Tensor("key", "(B, Hkv, L, D) post-RoPE key states; float32, float16 or bfloat16"),
-        Tensor("scores", "(B, L) float32 cut scores; used only when method = 'scores'", optional=True),
+        Tensor("scores", "(B, L) float32 cut scores; used only when method = 'scores'", optional=True,
+               type="float32"),
     ),
-    outputs=(Tensor("boundaries", "(B, N + 1) int32, N = chunk_beta * ceil(L / block_size); padded with L"),),
+    outputs=(_i32("boundaries", "(B, N + 1) int32, N = chunk_beta * ceil(L / block_size); padded with L"),),
     attrs=(
         Attr("method", str, "'similarity' (training-free), 'scores' (given scores) or 'fixed'"),
         _BLOCK,
@@ -94,11 +110,11 @@ SELECT_KEYS = OpSpec(
     inputs=(
         Tensor("query", "(B, Hq, L, D) post-RoPE query states"),
         Tensor("key", "(B, Hkv, L, D) post-RoPE key states, same dtype as query"),
-        Tensor("boundaries", "(B, N + 1) int32 chunk boundaries"),
+        _i32("boundaries", "(B, N + 1) int32 chunk boundaries"),
     ),
     outputs=(
-        Tensor("indices", "(B, ceil(L / b), budget) int32 key indices, ascending, padded with -1"),
-        Tensor("counts", "(B, ceil(L / b)) int32 number of valid entries per row of indices"),
+        _i32("indices", "(B, ceil(L / b), budget) int32 key indices, ascending, padded with -1"),
+        _i32("counts", "(B, ceil(L / b)) int32 number of valid entries per row of indices"),
     ),
     attrs=(_BLOCK, _BUDGET, _LOCAL, _GLOBAL, _SLIDING, _INSTR),
     doc="Chunk scoring and budgeted selection of keys per query block.",
@@ -112,10 +128,10 @@ SPARSE_ATTENTION = OpSpec(
         Tensor("query", "(B, Hq, L, D)"),
         Tensor("key", "(B, Hkv, L, D), Hq % Hkv == 0"),
         Tensor("value", "(B, Hkv, L, D)"),
-        Tensor("indices", "(B, ceil(L / b), Nb) int32 from DhsaSelectKeys"),
-        Tensor("counts", "(B, ceil(L / b)) int32 from DhsaSelectKeys"),
+        _i32("indices", "(B, ceil(L / b), Nb) int32 from DhsaSelectKeys"),
+        _i32("counts", "(B, ceil(L / b)) int32 from DhsaSelectKeys"),
     ),
-    outputs=(Tensor("output", "(B, Hq, L, D), dtype of query"),),
+    outputs=(Tensor("output", "(B, Hq, L, D), dtype of query", may_take="query"),),
     attrs=(_BLOCK, _SCALE, _SOFTCAP, _SLIDING, _INSTR),
     doc="Attention of each query over its block's selected keys (dense for the instruction tail). The output "
         "may take the query's buffer: each query row is read before its output row is written.",
@@ -129,9 +145,9 @@ SELECT_ATTENTION = OpSpec(
         Tensor("query", "(B, Hq, L, D) post-RoPE query states"),
         Tensor("key", "(B, Hkv, L, D) post-RoPE key states, Hq % Hkv == 0"),
         Tensor("value", "(B, Hkv, L, D)"),
-        Tensor("boundaries", "(B, N + 1) int32 chunk boundaries"),
+        _i32("boundaries", "(B, N + 1) int32 chunk boundaries"),
     ),
-    outputs=(Tensor("output", "(B, Hq, L, D), dtype of query"),),
+    outputs=(Tensor("output", "(B, Hq, L, D), dtype of query", may_take="query"),),
     attrs=(_BLOCK, _BUDGET, _LOCAL, _GLOBAL, _SCALE, _SOFTCAP, _SLIDING, _INSTR),
     doc="DhsaSelectKeys followed by DhsaSparseAttention, the selection kept inside the op. One op lets the GPU "
         "kernels overlap the two: the attention's blocks that need no selection run while the selection does. The "

@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kScoreThreads) CutScoresTiledKernel(const T* _
                                                                        int dim, FastDiv by_dim, int window,
                                                                        float* __restrict__ scores) {
   CtaTrace trace(kTraceCutScores);
-  AfterPredecessor();
+  after_predecessor();
   trace.ready();
   constexpr int kQuads = kPositions / 4, kGroups = kScoreThreads / kQuads, kSliceChannels = 4 * kGroups;
   constexpr int kVec = 16 / sizeof(T), kVecsPerRow = kSliceChannels / kVec;
@@ -157,7 +157,7 @@ cudaError_t LaunchCutScoresTiled(const T* key, int heads, int seq, int dim, int 
 template <typename T>
 __global__ void CutScoresKernel(const T* __restrict__ key, const float* __restrict__ given, int heads, int seq,
                                 int dim, int window, float* __restrict__ scores) {
-  AfterPredecessor();
+  after_predecessor();
   const int b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int p = blockIdx.x * kScoreWarps + warp;
   if (p >= seq) return;
@@ -213,7 +213,7 @@ __device__ __forceinline__ int32_t non_cut_slot(int i, int cuts, int forced, int
 // position order); sample 0 also writes the positions 0..L-1 every sort reads.
 __global__ void CandidateKeysKernel(const float* __restrict__ scores, int seq, int radius, float threshold,
                                     int forced, uint32_t* __restrict__ keys, int32_t* __restrict__ positions) {
-  AfterPredecessor();
+  after_predecessor();
   const int b = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= seq) return;
   const float* s = scores + static_cast<int64_t>(b) * seq;
@@ -228,7 +228,7 @@ constexpr int kCutsPerThread = kCtaMaxSeq / kCutThreads;
 // Shared-memory word of staged position p in SelectCutsKernel: a padding word after every 32 keeps the
 // neighbour reads of the candidate test conflict-free.
 __device__ __forceinline__ int padded(int p) { return p + (p >> 5); }
-__host__ __device__ constexpr int PaddedWords(int n) { return n + (n >> 5) + 1; }
+__host__ __device__ constexpr int padded_words(int n) { return n + (n >> 5) + 1; }
 
 // Positions staged by the CTA of `rank` of `ranks` sharing a sample: its segment [lo, hi) and
 // `radius` neighbours on either side.
@@ -256,13 +256,13 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
                                                                  uint64_t* __restrict__ spill,
                                                                  int32_t* __restrict__ out) {
   CtaTrace trace(kTraceSelectCuts);
-  AfterPredecessor();
+  after_predecessor();
   trace.ready();
   using Scan = cub::BlockScan<int, kCutThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int cuts_s;
   extern __shared__ __align__(16) float s[];  // staged scores, then candidates, then the bitmap
-  const unsigned rank = kCluster ? ClusterRank() : 0, ranks = kCluster ? ClusterCtas() : 1;
+  const unsigned rank = kCluster ? cluster_rank() : 0, ranks = kCluster ? cluster_ctas() : 1;
   const int b = static_cast<int>(blockIdx.x / ranks);
   const CutSegment seg(seq, radius, rank, ranks);
   const float* row_scores = scores + static_cast<int64_t>(b) * seq;
@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   // Fewer candidates than `take`: the select runs past them all (kth 0), all are cuts. Every CTA of a
   // cluster takes part, whatever its own candidates.
   if (take > 0 && (kCluster || n > 0))
-    kth = BlockRadixSelect<kCutThreads, kCluster>(n, take, 32 + pbits, [&](int j) { return cand[j]; },
+    kth = block_radix_select<kCutThreads, kCluster>(n, take, 32 + pbits, [&](int j) { return cand[j]; },
                                               [](int) { return int64_t{1}; }, &rest);
   // The candidates are done with (the select ends on a barrier): the bitmap goes over them.
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(s);
@@ -327,27 +327,27 @@ __global__ void __launch_bounds__(kCutThreads) SelectCutsKernel(const float* __r
   int before = 0;
   if constexpr (kCluster) {
     if (threadIdx.x == 0) cuts_s = cuts;
-    ClusterSync();  // every CTA's count is in (and every radix histogram read)
+    cluster_sync();  // every CTA's count is in (and every radix histogram read)
 #pragma unroll
     for (unsigned r = 0; r < kMaxClusterCtas; ++r) {  // independent loads, all in flight
-      const int c = r < ranks && r != rank ? *InClusterCta(&cuts_s, r) : 0;
+      const int c = r < ranks && r != rank ? *in_cluster_cta(&cuts_s, r) : 0;
       before += r < rank ? c : 0;
       cuts += c;
     }
-    ClusterArrive();  // done with the other CTAs' shared memory
+    cluster_arrive();  // done with the other CTAs' shared memory
   }
   int32_t* row = out + static_cast<int64_t>(b) * width;
   slot += before;
   for (uint32_t m = cut; m != 0u; m &= m - 1u) row[1 + slot++] = seg.lo + x0 + __ffs(static_cast<int>(m));  // position + 1
   for (int i = rank * kCutThreads + threadIdx.x; i < width; i += ranks * kCutThreads)
     if (i == 0 || i > cuts) row[i] = non_cut_slot(i, cuts, forced, seq);
-  if constexpr (kCluster) ClusterWait();  // no CTA leaves while another may still read its shared memory
+  if constexpr (kCluster) cluster_wait();  // no CTA leaves while another may still read its shared memory
 }
 
 // Flags the positions of the first `take` sorted candidates.
 __global__ void MarkCutsKernel(const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted_pos,
                                int seq, int take, int32_t* __restrict__ flags) {
-  AfterPredecessor();
+  after_predecessor();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < min(seq, take) && sorted_keys[i] != 0) flags[sorted_pos[i]] = 1;
 }
@@ -356,7 +356,7 @@ __global__ void MarkCutsKernel(const uint32_t* __restrict__ sorted_keys, const i
 // position order, the forced instruction cut (after every candidate), then L as padding.
 __global__ void WriteCutsKernel(const int32_t* __restrict__ flags, const int32_t* __restrict__ offsets, int seq,
                                 int forced, int width, int32_t* __restrict__ row) {
-  AfterPredecessor();
+  after_predecessor();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   const int k = offsets[seq - 1] + flags[seq - 1];
   if (i < seq && flags[i]) row[1 + offsets[i]] = i + 1;
@@ -375,7 +375,7 @@ size_t CutSelectionTempBytes(int seq) {
 }
 
 __global__ void FixedKernel(int seq, int chunk, int width, int32_t* __restrict__ out) {
-  AfterPredecessor();
+  after_predecessor();
   const int b = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < width) {
     const int64_t at = static_cast<int64_t>(i) * chunk;
@@ -423,7 +423,7 @@ struct Launch {
     const unsigned ranks = CutCluster(seq);
     const int longest = static_cast<int>((seq + ranks - 1) / ranks);  // a CTA's segment at most
     if (longest <= kCtaMaxSeq) {
-      const size_t smem = sizeof(float) * PaddedWords(static_cast<int>(std::min<int64_t>(seq, longest + 2ll * radius)));
+      const size_t smem = sizeof(float) * padded_words(static_cast<int>(std::min<int64_t>(seq, longest + 2ll * radius)));
       int max_smem = 0;
       DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), op, "cudaDeviceGetAttribute");
       if (smem <= static_cast<size_t>(max_smem)) {

@@ -60,29 +60,29 @@ inline cudaError_t MaxSharedMemoryPerBlock(int* bytes) {
 
 // Programmatic dependent launch (compute capability 9.0 and up). A kernel started by LaunchKernel
 // may be scheduled while its predecessor in the stream drains, which hides its launch and ramp-up
-// under the predecessor's last wave. Such a kernel must call AfterPredecessor() before it touches
+// under the predecessor's last wave. Such a kernel must call after_predecessor() before it touches
 // memory at all: that waits until the predecessor has completed and its writes are visible (the
 // predecessor may be any kernel, ours or the framework's), then lets this kernel's own successor be
 // scheduled. A successor therefore starts only once this kernel's predecessor is done, so at most
 // two grids share the GPU.
-__device__ __forceinline__ void WaitForPredecessor() {
+__device__ __forceinline__ void wait_for_predecessor() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void LaunchDependents() {
+__device__ __forceinline__ void launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void AfterPredecessor() {
-  WaitForPredecessor();
-  LaunchDependents();
+__device__ __forceinline__ void after_predecessor() {
+  wait_for_predecessor();
+  launch_dependents();
 }
 
 // ---- Per-CTA timeline (trace builds only: CMake -DDHSA_TRACE=ON) ---------------------------------
 // Each CTA's start, the moment it may read its predecessor's output, and its end (%globaltimer, ns),
-// with its SM and what it worked on: what scripts/trace_pipeline.py turns into the pipeline's
+// with its SM and what it worked on: what scripts/dev/trace_pipeline.py turns into the pipeline's
 // timeline. Off by default: a record costs a global atomic per CTA.
 // TraceRecord.kernel:
 enum TraceKernel : uint32_t { kTraceCutScores = 1, kTraceSelectCuts, kTraceReps, kTraceSelect, kTraceAttention, kTraceMerge };
@@ -154,7 +154,7 @@ inline bool ProgrammaticLaunch() {
 
 // kernel<<<grid, block, smem, stream>>>(args...) in clusters of `cluster` consecutive CTAs along x
 // (1: none; more needs ClusterLaunch()), with programmatic dependent launch where the GPU has it;
-// `kernel` must begin with AfterPredecessor().
+// `kernel` must begin with after_predecessor().
 template <typename... Params, typename... Args>
 cudaError_t LaunchClustered(unsigned cluster, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                             cudaStream_t stream, Args... args) {
@@ -191,30 +191,30 @@ inline bool ClusterLaunch() {
   return g_hopper_kernels.load() && DeviceAttribute(cudaDevAttrClusterLaunch, &yes) == cudaSuccess && yes != 0;
 }
 // Cluster rank and size, the cluster-wide barrier (every thread of every CTA of the cluster; writes
-// before the arrival are visible after the wait; ClusterSync = arrive + wait) and the same
+// before the arrival are visible after the wait; cluster_sync = arrive + wait) and the same
 // shared-memory variable in the cluster's CTA `rank` (a generic pointer): the CUDA runtime's
 // intrinsics from 9.0 up, below that every CTA a cluster of one.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ unsigned ClusterRank() { return __clusterRelativeBlockRank(); }
-__device__ __forceinline__ unsigned ClusterCtas() { return __clusterSizeInBlocks(); }
-__device__ __forceinline__ void ClusterArrive() { __cluster_barrier_arrive(); }
-__device__ __forceinline__ void ClusterWait() { __cluster_barrier_wait(); }
-__device__ __forceinline__ void ClusterSync() {
+__device__ __forceinline__ unsigned cluster_rank() { return __clusterRelativeBlockRank(); }
+__device__ __forceinline__ unsigned cluster_ctas() { return __clusterSizeInBlocks(); }
+__device__ __forceinline__ void cluster_arrive() { __cluster_barrier_arrive(); }
+__device__ __forceinline__ void cluster_wait() { __cluster_barrier_wait(); }
+__device__ __forceinline__ void cluster_sync() {
   __cluster_barrier_arrive();
   __cluster_barrier_wait();
 }
 template <typename T>
-__device__ __forceinline__ T* InClusterCta(T* p, unsigned rank) {
+__device__ __forceinline__ T* in_cluster_cta(T* p, unsigned rank) {
   return static_cast<T*>(__cluster_map_shared_rank(p, rank));
 }
 #else
-__device__ __forceinline__ unsigned ClusterRank() { return 0; }
-__device__ __forceinline__ unsigned ClusterCtas() { return 1; }
-__device__ __forceinline__ void ClusterArrive() {}
-__device__ __forceinline__ void ClusterWait() {}
-__device__ __forceinline__ void ClusterSync() { __syncthreads(); }
+__device__ __forceinline__ unsigned cluster_rank() { return 0; }
+__device__ __forceinline__ unsigned cluster_ctas() { return 1; }
+__device__ __forceinline__ void cluster_arrive() {}
+__device__ __forceinline__ void cluster_wait() {}
+__device__ __forceinline__ void cluster_sync() { __syncthreads(); }
 template <typename T>
-__device__ __forceinline__ T* InClusterCta(T* p, unsigned) {
+__device__ __forceinline__ T* in_cluster_cta(T* p, unsigned) {
   return p;
 }
 #endif
@@ -251,10 +251,10 @@ __device__ __forceinline__ uint32_t orderable(float f) {
 // every CTA calls it with the same k and bits, and each adds up all CTAs' histograms itself
 // (double-buffered, so one cluster barrier per digit suffices) and returns the same item.
 template <int kThreads, bool kCluster = false, typename KeyAt, typename WeightAt>
-__device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
+__device__ uint64_t block_radix_select(int n, int64_t k, int bits, KeyAt key_at, WeightAt weight_at, int64_t* rest) {
   static_assert(!kCluster || kThreads >= 256, "a thread per bin");
   __shared__ unsigned hist_s[kCluster ? 2 : 1][256], total_s[kCluster ? 256 : 1];
-  const unsigned ranks = kCluster ? ClusterCtas() : 1;
+  const unsigned ranks = kCluster ? cluster_ctas() : 1;
   __shared__ uint64_t prefix_s;
   __shared__ int64_t k_s;
   __shared__ bool done_s;
@@ -289,12 +289,12 @@ __device__ uint64_t BlockRadixSelect(int n, int64_t k, int bits, KeyAt key_at, W
     }
     const unsigned* counts = hist;
     if constexpr (kCluster) {  // bin i = thread i's sum over the CTAs, its loads all in flight at once
-      ClusterSync();
+      cluster_sync();
       if (threadIdx.x < 256) {
         unsigned sum = 0;
 #pragma unroll
         for (unsigned r = 0; r < kMaxClusterCtas; ++r)
-          if (r < ranks) sum += InClusterCta(hist, r)[threadIdx.x];
+          if (r < ranks) sum += in_cluster_cta(hist, r)[threadIdx.x];
         total_s[threadIdx.x] = sum;
       }
       counts = total_s;

@@ -26,7 +26,7 @@ constexpr int kRepThreads = 512;
 // waits for each load before the next), then the parts are added in shared memory; emit(d, sum)
 // per column.
 template <typename T, int kVec, typename RowAt, typename Emit>
-__device__ __forceinline__ void SumRows(int n_rows, int dim, RowAt row_at, Emit emit) {
+__device__ __forceinline__ void sum_rows(int n_rows, int dim, RowAt row_at, Emit emit) {
   static_assert(kVec == 1 || kVec * sizeof(T) == 16, "a vector is one element or 16 bytes");
   constexpr int kBatch = 4;
   extern __shared__ double part_sums[];  // (parts, dim)
@@ -72,13 +72,13 @@ __device__ __forceinline__ const T* head_row(const T* __restrict__ t, int b, int
 // Stored transposed, (B, D, N4) with rows padded to N4 = N rounded up to 4: the scoring threads,
 // four chunks each, then read consecutive 16-byte vectors.
 template <typename T, int kVec>
-__device__ __forceinline__ void ChunkReps(const T* __restrict__ key, const int32_t* __restrict__ bd, int heads,
+__device__ __forceinline__ void chunk_reps(const T* __restrict__ key, const int32_t* __restrict__ bd, int heads,
                                           FastDiv by_heads, int seq, int dim, int n_plus_1, float* __restrict__ reps,
                                           int c) {
   const int b = blockIdx.y;
   const int32_t* row = bd + static_cast<int64_t>(b) * n_plus_1;
   const int s = clampi(row[c], 0, seq), len = clampi(row[c + 1], s, seq) - s;
-  SumRows<T, kVec>(
+  sum_rows<T, kVec>(
       len * heads, dim, [&](int x) { return head_row(key, b, heads, by_heads, seq, dim, s, x); },
       [&](int d, double sum) {
         reps[(static_cast<int64_t>(b) * dim + d) * pad4(n_plus_1 - 1) + c] =
@@ -109,7 +109,7 @@ __device__ __forceinline__ void QueryReps(const T* __restrict__ query, int heads
   const int s = i * block, rows = sparse_queries(i, block, tail0) * heads;
   const int x0 = static_cast<int>(static_cast<int64_t>(rows) * part / parts);
   const int x1 = static_cast<int>(static_cast<int64_t>(rows) * (part + 1) / parts);
-  SumRows<T, kVec>(
+  sum_rows<T, kVec>(
       x1 - x0, dim, [&](int x) { return head_row(query, b, heads, by_heads, seq, dim, s, x0 + x); },
       [&](int d, double sum) { sums[((static_cast<int64_t>(b) * nqb + i) * parts + part) * dim + d] = sum; });
 }
@@ -127,12 +127,12 @@ __global__ void __launch_bounds__(kRepThreads) RepsKernel(const T* __restrict__ 
                                                           double* __restrict__ qsums, int seq, int dim,
                                                           int32_t* __restrict__ zero, int n_zero) {
   CtaTrace trace(kTraceReps);
-  AfterPredecessor();
+  after_predecessor();
   trace.ready();
   if (blockIdx.x == 0 && blockIdx.y == 0)
     for (int i = threadIdx.x; i < n_zero; i += kRepThreads) zero[i] = 0;
   const int x = static_cast<int>(blockIdx.x), chunks = n_plus_1 - 1;
-  if (x < chunks) ChunkReps<T, kVec>(key, bd, kv_heads, by_kv_heads, seq, dim, n_plus_1, kreps, x);
+  if (x < chunks) chunk_reps<T, kVec>(key, bd, kv_heads, by_kv_heads, seq, dim, n_plus_1, kreps, x);
   else QueryReps<T, kVec>(query, q_heads, by_q_heads, seq, dim, a, tail0, nqb, first_q, parts, qsums, x - chunks);
 }
 
@@ -169,11 +169,11 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   // Inside DhsaSelectAttention the successor is our attention kernel: it may start its blocks that
   // need no indices while this one runs (the rest wait for this grid, hence for the representations).
   CtaTrace trace(kTraceSelect);
-  if (early_successor) LaunchDependents();
-  AfterPredecessor();
+  if (early_successor) launch_dependents();
+  after_predecessor();
   trace.ready();
-  const unsigned rank = kCluster ? ClusterRank() : 0, ranks = kCluster ? ClusterCtas() : 1;
-  if constexpr (kCluster) ClusterArrive();  // this CTA's shared memory exists: the others may write it after their wait
+  const unsigned rank = kCluster ? cluster_rank() : 0, ranks = kCluster ? cluster_ctas() : 1;
+  if constexpr (kCluster) cluster_arrive();  // this CTA's shared memory exists: the others may write it after their wait
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int c0_s[kGroup], c1_s[kGroup];
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
   const int part = static_cast<int>(threadIdx.x) % tpq, lane = static_cast<int>(threadIdx.x) % 32;
   const unsigned group_lanes = ((1u << tpq) - 1u) << (lane & ~(tpq - 1));
   const float* kt = kreps_t + static_cast<int64_t>(b) * dim * n4;
-  if constexpr (kCluster) ClusterWait();
+  if constexpr (kCluster) cluster_wait();
   for (int c4 = c_first + 4 * (static_cast<int>(threadIdx.x) / tpq); c4 <= c_last; c4 += 4 * (kThreads / tpq)) {
     float acc[kGroup][4];
 #pragma unroll
@@ -269,11 +269,11 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
         const int c = c4 + e;
         if (c >= u0 && c <= u1)
 #pragma unroll
-          for (int g = 0; g < kGroup; ++g) (kCluster ? InClusterCta(score, 0) : score)[g * mu + c - u0] = acc[g][e];
+          for (int g = 0; g < kGroup; ++g) (kCluster ? in_cluster_cta(score, 0) : score)[g * mu + c - u0] = acc[g][e];
       }
   }
   if constexpr (kCluster) {  // the scores are in the first CTA, which selects alone
-    ClusterSync();
+    cluster_sync();
     if (rank != 0) return;
   }
   // Key: (score, chunk) with the chunk in just enough low bits, so the select runs fewer passes.
@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const double* __restric
     uint64_t kth = ~0ull;
     auto key_of = [&](int j) { return (static_cast<uint64_t>(orderable(sc[j])) << cbits) | static_cast<uint32_t>(c0 + j); };
     if (remaining > 0)
-      kth = BlockRadixSelect<kThreads>(m, remaining, 32 + cbits, key_of,
+      kth = block_radix_select<kThreads>(m, remaining, 32 + cbits, key_of,
                                        [&](int j) { return static_cast<int64_t>(weight[j]); }, &rest);
     // Tokens taken per chunk, then their output offsets in chunk (= position) order.
     const int per = (m + kThreads - 1) / kThreads;

@@ -22,53 +22,53 @@ namespace cuda {
 
 // Descriptor of a 128B-swizzled operand at shared address `addr`: `lbo` = bytes between 64-element
 // panels along M/N (MN-major operands only), `sbo` = bytes between groups of 8 rows.
-__device__ __forceinline__ uint64_t WgmmaDesc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return static_cast<uint64_t>((addr & 0x3ffff) >> 4) | (static_cast<uint64_t>((lbo >> 4) & 0x3fff) << 16) |
          (static_cast<uint64_t>((sbo >> 4) & 0x3fff) << 32) | (1ull << 62);
 }
 
 // The descriptor of the operand `bytes` (a multiple of 16) further on. Shared addresses stay below
 // 256 KB, so the 14-bit address field never carries into the rest: one 32-bit add on the low word.
-__device__ __forceinline__ uint64_t WgmmaDescAdd(uint64_t desc, uint32_t bytes) {
+__device__ __forceinline__ uint64_t wgmma_desc_add(uint64_t desc, uint32_t bytes) {
   return (desc & 0xffffffff00000000ull) | static_cast<uint32_t>(static_cast<uint32_t>(desc) + (bytes >> 4));
 }
 
-__device__ __forceinline__ void WgmmaFence() {
+__device__ __forceinline__ void wgmma_fence() {
 #ifdef DHSA_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void WgmmaCommit() {
+__device__ __forceinline__ void wgmma_commit() {
 #ifdef DHSA_WGMMA
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
 template <int N>
-__device__ __forceinline__ void WgmmaWait() {
+__device__ __forceinline__ void wgmma_wait() {
 #ifdef DHSA_WGMMA
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
 // cp.async writes shared memory through the generic proxy; wgmma reads it through the async proxy.
-__device__ __forceinline__ void FenceProxyAsync() {
+__device__ __forceinline__ void fence_proxy_async() {
 #ifdef DHSA_WGMMA
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
 // mbarrier pipeline (shared memory, CTA scope). Arrive releases the thread's prior writes; a wait
 // that returns acquires them.
-__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
-__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // One arrival, made by the hardware once this thread's earlier cp.async copies have landed.
-__device__ __forceinline__ void MbarArriveOnCopies(uint64_t* bar) {
+__device__ __forceinline__ void mbar_arrive_on_copies(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // Blocks until the barrier's phase of the given parity has completed.
-__device__ __forceinline__ void MbarWait(uint64_t* bar, int parity) {
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
 #ifdef DHSA_WGMMA  // try_wait: sm_90
   asm volatile(
       "{\n.reg .pred done;\nWAIT:\n"
@@ -81,25 +81,25 @@ __device__ __forceinline__ void MbarWait(uint64_t* bar, int parity) {
 #endif
 }
 // Named barrier `id` (0 is __syncthreads) over `count` threads.
-__device__ __forceinline__ void NamedSync(int id, int count) {
+__device__ __forceinline__ void named_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 // Moves registers between warpgroups: the loading warpgroup gives up what the MMA warpgroups take.
 template <int N>
-__device__ __forceinline__ void SetMaxRegistersInc() {
+__device__ __forceinline__ void set_max_registers_inc() {
 #ifdef DHSA_WGMMA
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 template <int N>
-__device__ __forceinline__ void SetMaxRegistersDec() {
+__device__ __forceinline__ void set_max_registers_dec() {
 #ifdef DHSA_WGMMA
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 // Keeps the compiler from moving accumulator reads / writes across the asynchronous MMAs.
 template <int R>
-__device__ __forceinline__ void WgmmaPin(float (&d)[R][4]) {
+__device__ __forceinline__ void wgmma_pin(float (&d)[R][4]) {
 #pragma unroll
   for (int i = 0; i < R; ++i)
 #pragma unroll
@@ -140,7 +140,7 @@ __device__ __forceinline__ void WgmmaPin(float (&d)[R][4]) {
 
 // D(64 x N) (+)= A(64 x 16) B(16 x N), A and B K-major in shared memory; scale_d = 0 overwrites D.
 template <typename T, int N>
-__device__ __forceinline__ void WgmmaSS(float (&d)[N / 8][4], uint64_t a, uint64_t b, int scale_d) {
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t a, uint64_t b, int scale_d) {
   static_assert(N == 64 || N == 128, "shape");
 #ifdef DHSA_WGMMA
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -158,7 +158,7 @@ __device__ __forceinline__ void WgmmaSS(float (&d)[N / 8][4], uint64_t a, uint64
 
 // D(64 x N) += A(64 x 16) B(16 x N), A in registers (mma.sync fragment layout), B MN-major in shared memory.
 template <typename T, int N>
-__device__ __forceinline__ void WgmmaRS(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b) {
   static_assert(N == 64 || N == 128 || N == 256, "shape");
 #ifdef DHSA_WGMMA
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {

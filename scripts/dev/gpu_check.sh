@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks (a machine with an NVIDIA GPU, nvcc and PyTorch): build the CUDA library unless one is
 # given, run the CUDA kernel tests, optionally compute-sanitizer and the benchmark.
-#   scripts/gpu_check.sh [tests|sanitize|bench|all]   (default: tests)
+#   scripts/dev/gpu_check.sh [tests|sanitize|bench|all]   (default: tests)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 what=${1:-tests}
 out=${OUT:-build/gpu-check}
 mkdir -p "$out"
@@ -21,9 +21,9 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = sanitize ] || [ "$what" = all ]; then
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 3 python3 scripts/cuda_smoke.py 2>&1 | tee "$out/sanitize_$tool.log" | tail -6
+    compute-sanitizer --tool "$tool" --error-exitcode 3 python3 scripts/dev/cuda_smoke.py 2>&1 | tee "$out/sanitize_$tool.log" | tail -6
   done
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  python3 scripts/bench_attention.py --out "$out/attention-h200.json" 2>&1 | tee "$out/bench.log" | tail -45
+  python3 scripts/dev/bench_attention.py --out "$out/attention-h200.json" 2>&1 | tee "$out/bench.log" | tail -45
 fi

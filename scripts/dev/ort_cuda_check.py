@@ -2,7 +2,7 @@
 """Run `--ops plugin` exports on ONNX Runtime's CUDA execution provider with the DHSA library and
 compare with PyTorch logits saved next to them (reference.npz: inputs and logits per model).
 
-    python scripts/ort_cuda_check.py DIR --library path/to/libdhsa_ort.so
+    python scripts/dev/ort_cuda_check.py DIR --library path/to/libdhsa_ort.so
 """
 
 import argparse

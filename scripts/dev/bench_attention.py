@@ -9,7 +9,7 @@ attention in one op, overlapped), and dhsa_separate_ops_ms with the two as separ
 output in its own buffer and in Q's (as ORT runs it: the op lets the session reuse Q's buffer). Writes a
 JSON (one row per case) and prints a Markdown table.
 
-    python scripts/bench_attention.py --out benchmarks/attention-h200.json
+    python scripts/dev/bench_attention.py --out benchmarks/attention-h200.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dhsa_export.native import cuda_kernels  # noqa: E402
 
 SHAPES = {"gemma2-2b": (8, 4, 256), "llama-8b": (32, 8, 128)}

@@ -3,7 +3,7 @@
 dense export of the same model, at several context lengths. Each (model, length) runs in its own
 process, so peak RSS is that run's alone; times are medians of --runs runs after one warm-up.
 
-    python scripts/bench_ort_cpu.py gemma3-270m --lengths 1024,2048,4096,8192 --out benchmarks/ort-cpu.json
+    python scripts/dev/bench_ort_cpu.py gemma3-270m --lengths 1024,2048,4096,8192 --out benchmarks/ort-cpu.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def child(onnx_path: str, seq: int, runs: int, threads: int) -> dict:

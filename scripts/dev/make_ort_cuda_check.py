@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""The inputs of scripts/ort_cuda_check.py, made on a CPU machine: `--ops plugin` exports of the tiny
+"""The inputs of scripts/dev/ort_cuda_check.py, made on a CPU machine: `--ops plugin` exports of the tiny
 models in fp32 and bf16 (boundaries once, DhsaSelectAttention in every layer) and reference.npz with
 their input ids (batch 2, L = 300) and PyTorch DHSA's logits (the fp32 model; for bf16 the same model
 cast to bf16, on the CPU).
 
-    python scripts/make_ort_cuda_check.py out/ort-cuda-check
+    python scripts/dev/make_ort_cuda_check.py out/ort-cuda-check
     # then, where onnxruntime-gpu and a CUDA build of libdhsa_ort.so are:
-    python scripts/ort_cuda_check.py out/ort-cuda-check --library path/to/libdhsa_ort.so
+    python scripts/dev/ort_cuda_check.py out/ort-cuda-check --library path/to/libdhsa_ort.so
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dhsa_export import attention, loading, recipes  # noqa: E402
 
 MODELS = ("tiny-gemma2", "tiny-gemma3")

@@ -3,15 +3,20 @@
 bench_attention.py times it) per library, each captured as a CUDA graph, timed in interleaved rounds
 (medians of --replays replays per round) next to dense causal SDPA; prints each library's median over
 the rounds, its change against the first library, and its largest output difference from it.
-Libraries built from other trees time a few per cent apart on identical work (benchmarks/NOTES.md),
+Libraries built from other trees time a few per cent apart on identical work (docs/performance.md),
 so read small differences against the spread between rounds.
 
-    python scripts/ab_libraries.py build/a/libdhsa_cuda.so build/b/libdhsa_cuda.so --seqs 4096,8192
+    python scripts/dev/ab_libraries.py build/a/libdhsa_cuda.so build/b/libdhsa_cuda.so --seqs 4096,8192
+
+A library whose C API differs from this checkout's is given as LIB@SRC, SRC being the source tree it
+was built from: its own dhsa_export/native.py then loads it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -20,11 +25,29 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dhsa_export.native import CudaKernels  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention import SHAPES, as_graph, dhsa_fn, timed  # noqa: E402
+
+
+def kernels_for(arg: str):
+    """LIB, or LIB@SRC: the library through the Python binding of the tree it was built from."""
+    lib, _, src = arg.partition("@")
+    if not src:
+        return CudaKernels(Path(lib))
+    name = f"dhsa_export_{abs(hash(src))}"
+    spec = importlib.util.spec_from_file_location(name, Path(src) / "dhsa_export" / "__init__.py",
+                                                  submodule_search_locations=[str(Path(src) / "dhsa_export")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    import dhsa_export.ops  # the op definitions exist once per process: the old binding shares ours
+
+    sys.modules[f"{name}.ops"] = dhsa_export.ops
+    sys.modules[f"{name}.ops.reference"] = dhsa_export.ops.reference
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{name}.native").CudaKernels(Path(lib))
 
 
 def median_ms(replay, n: int) -> float:
@@ -40,8 +63,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--replays", type=int, default=25)
     args = ap.parse_args()
-    libs = [CudaKernels(Path(p)) for p in args.libraries]
-    names = [str(Path(p).parent.name or p) for p in args.libraries]
+    libs = [kernels_for(p) for p in args.libraries]
+    names = [str(Path(p.split("@")[0]).parent.name or p) for p in args.libraries]
     for shape in args.shapes.split(","):
         hq, hkv, dim = SHAPES[shape]
         for seq in (int(s) for s in args.seqs.split(",")):

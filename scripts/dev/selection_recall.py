@@ -6,7 +6,7 @@ layers of one type. Compares chunking rules
 (similarity with several NMS radii / chunk counts, fixed chunks) at several budgets on the same
 captured queries and keys, with no generation. This is how the boundary defaults were chosen.
 
-    python scripts/selection_recall.py gemma3-270m --length 4096 --budgets 128,256,512,1024
+    python scripts/dev/selection_recall.py gemma3-270m --length 4096 --budgets 128,256,512,1024
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from transformers import AttentionInterface  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask  # noqa: E402

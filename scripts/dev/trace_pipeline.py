@@ -7,7 +7,7 @@ and the SM time left idle; --out writes every record as JSON.
 
     cmake -S plugins -B build/trace -DDHSA_CUDA=ON -DDHSA_TRACE=ON -DCMAKE_CUDA_ARCHITECTURES=90a
     cmake --build build/trace --target dhsa_cuda
-    DHSA_CUDA_LIBRARY=build/trace/libdhsa_cuda.so python scripts/trace_pipeline.py --seq 4096
+    DHSA_CUDA_LIBRARY=build/trace/libdhsa_cuda.so python scripts/dev/trace_pipeline.py --seq 4096
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dhsa_export.native import CudaKernels, cuda_library  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

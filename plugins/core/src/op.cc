@@ -1,0 +1,178 @@
+#include "dhsa/op.h"
+
+#include "dhsa/cpu.h"
+#ifdef DHSA_WITH_CUDA
+#include "dhsa/cuda.h"
+#endif
+
+namespace dhsa {
+namespace {
+
+Act4 AsAct4(const Input& t) {
+  const TensorDesc& d = *t.desc;
+  return {t.data, d.dtype, d.dims[0], d.dims[1], d.dims[2], d.dims[3]};
+}
+
+template <typename T>
+const T* Data(const Input& t) {
+  return t.desc ? static_cast<const T*>(t.data) : nullptr;
+}
+
+#ifndef DHSA_WITH_CUDA
+Status NoCuda(const OpSpec& s) {
+  return Status::Error(std::string(s.name) + ": this build of the DHSA library has no CUDA kernels");
+}
+#endif
+
+class ChunkBoundariesOp final : public Op {
+ public:
+  ChunkBoundariesAttrs a;
+  ChunkBoundariesOp() : Op(FindOpSpec(kChunkBoundaries)) {}
+  Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
+    shapes->resize(1);
+    return CheckChunkBoundaries(a, *in[0].desc, in[1].desc, &(*shapes)[0]);
+  }
+  Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
+    return cpu::ChunkBoundaries(a, AsAct4(in[0]), Data<float>(in[1]), static_cast<int32_t*>(out[0]), par);
+  }
+#ifdef DHSA_WITH_CUDA
+  size_t CudaWorkspace(const Input* in) const override {
+    return cuda::ChunkBoundariesWorkspace(a, in[0].desc->dims[0], in[0].desc->dims[2]);
+  }
+  Status RunCuda(const Input* in, void* const* out, void* stream, void* ws) const override {
+    return cuda::ChunkBoundaries(a, AsAct4(in[0]), Data<float>(in[1]), static_cast<int32_t*>(out[0]), stream, ws);
+  }
+#else
+  size_t CudaWorkspace(const Input*) const override { return 0; }
+  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
+#endif
+};
+
+class SelectKeysOp final : public Op {
+ public:
+  SelectKeysAttrs a;
+  SelectKeysOp() : Op(FindOpSpec(kSelectKeys)) {}
+  Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
+    shapes->resize(2);
+    return CheckSelectKeys(a, *in[0].desc, *in[1].desc, *in[2].desc, &(*shapes)[0], &(*shapes)[1]);
+  }
+  Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
+    return cpu::SelectKeys(a, AsAct4(in[0]), AsAct4(in[1]), Data<int32_t>(in[2]), in[2].desc->dims[1],
+                           static_cast<int32_t*>(out[0]), static_cast<int32_t*>(out[1]), par);
+  }
+#ifdef DHSA_WITH_CUDA
+  size_t CudaWorkspace(const Input* in) const override {
+    const TensorDesc& q = *in[0].desc;
+    return cuda::SelectKeysWorkspace(a, q.dims[0], q.dims[2], q.dims[3], in[2].desc->dims[1]);
+  }
+  Status RunCuda(const Input* in, void* const* out, void* stream, void* ws) const override {
+    return cuda::SelectKeys(a, AsAct4(in[0]), AsAct4(in[1]), Data<int32_t>(in[2]), in[2].desc->dims[1],
+                            static_cast<int32_t*>(out[0]), static_cast<int32_t*>(out[1]), stream, ws);
+  }
+#else
+  size_t CudaWorkspace(const Input*) const override { return 0; }
+  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
+#endif
+};
+
+class SparseAttentionOp final : public Op {
+ public:
+  SparseAttentionAttrs a;
+  SparseAttentionOp() : Op(FindOpSpec(kSparseAttention)) {}
+  Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
+    shapes->resize(1);
+    return CheckSparseAttention(a, *in[0].desc, *in[1].desc, *in[2].desc, *in[3].desc, *in[4].desc, &(*shapes)[0]);
+  }
+  Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
+    return cpu::SparseAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
+                                Data<int32_t>(in[4]), in[3].desc->dims[2], out[0], par);
+  }
+#ifdef DHSA_WITH_CUDA
+  size_t CudaWorkspace(const Input* in) const override {
+    const TensorDesc& q = *in[0].desc;
+    return cuda::SparseAttentionWorkspace(a, q.dims[0], q.dims[1], q.dims[2], q.dims[3]);
+  }
+  Status RunCuda(const Input* in, void* const* out, void* stream, void* ws) const override {
+    return cuda::SparseAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
+                                 Data<int32_t>(in[4]), in[3].desc->dims[2], out[0], stream, ws);
+  }
+#else
+  size_t CudaWorkspace(const Input*) const override { return 0; }
+  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
+#endif
+};
+
+class SelectAttentionOp final : public Op {
+ public:
+  SelectAttentionAttrs a;
+  SelectAttentionOp() : Op(FindOpSpec(kSelectAttention)) {}
+  Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
+    shapes->resize(1);
+    return CheckSelectAttention(a, *in[0].desc, *in[1].desc, *in[2].desc, *in[3].desc, &(*shapes)[0]);
+  }
+  Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
+    return cpu::SelectAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
+                                in[3].desc->dims[1], out[0], par);
+  }
+#ifdef DHSA_WITH_CUDA
+  size_t CudaWorkspace(const Input* in) const override {
+    const TensorDesc& q = *in[0].desc;
+    return cuda::SelectAttentionWorkspace(a, q.dims[0], q.dims[1], in[1].desc->dims[1], q.dims[2], q.dims[3],
+                                          in[3].desc->dims[1]);
+  }
+  Status RunCuda(const Input* in, void* const* out, void* stream, void* ws) const override {
+    return cuda::SelectAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
+                                 in[3].desc->dims[1], out[0], stream, ws);
+  }
+#else
+  size_t CudaWorkspace(const Input*) const override { return 0; }
+  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
+#endif
+};
+
+template <typename O>
+Status Make(const AttrSource& attrs, std::unique_ptr<Op>* out) {
+  auto op = std::make_unique<O>();
+  DHSA_RETURN_IF_ERROR(decltype(op->a)::Parse(attrs, &op->a));
+  *out = std::move(op);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Op::Create(const std::string& name, const AttrSource& attrs, std::unique_ptr<Op>* out) {
+  if (name == kChunkBoundaries) return Make<ChunkBoundariesOp>(attrs, out);
+  if (name == kSelectKeys) return Make<SelectKeysOp>(attrs, out);
+  if (name == kSparseAttention) return Make<SparseAttentionOp>(attrs, out);
+  if (name == kSelectAttention) return Make<SelectAttentionOp>(attrs, out);
+  return Status::Error("unknown DHSA op '" + name + "' (known: DhsaChunkBoundaries, DhsaSelectKeys, "
+                       "DhsaSparseAttention, DhsaSelectAttention)");
+}
+
+Status Op::Check(const Input* inputs, int n_inputs, std::vector<TensorDesc>* outputs) const {
+  const OpSpec& s = spec();
+  const std::string op = s.name;
+  if (n_inputs != s.inputs.size)
+    return Status::Error(op + ": takes " + std::to_string(s.inputs.size) + " inputs, got " + std::to_string(n_inputs));
+  for (int i = 0; i < n_inputs; ++i)
+    if (!inputs[i].desc && !s.inputs[i].optional) return Status::Error(op + ": input '" + s.inputs[i].name + "' is missing");
+  std::vector<std::vector<int64_t>> shapes;
+  DHSA_RETURN_IF_ERROR(CheckShapes(inputs, &shapes));
+  outputs->clear();
+  for (int o = 0; o < s.outputs.size; ++o) {
+    const TypeClass t = s.outputs[o].type;
+    const DType dt = t == TypeClass::kT ? inputs[0].desc->dtype : t == TypeClass::kInt32 ? DType::kInt32 : DType::kFloat32;
+    outputs->push_back({dt, shapes[o]});
+  }
+  return Status::Ok();
+}
+
+bool BuiltWithCuda() {
+#ifdef DHSA_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace dhsa
