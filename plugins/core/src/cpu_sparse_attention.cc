@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <sstream>
 #include <vector>
 
 #include "dhsa/cpu.h"
@@ -50,17 +49,14 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
   for (int64_t bi = 0; bi < q.b * nqb; ++bi) {  // validate before any gather reads through an index
     const int64_t c = counts[bi];
     if (c < 0 || c > nb) {
-      std::ostringstream os;
-      os << kSparseAttention << ": input 'counts' must lie in [0, Nb = " << nb << "], got " << c << " at (" << bi / nqb
-         << ", " << bi % nqb << ")";
-      return Status::Error(os.str());
+      return Status::Error(StrCat(kSparseAttention, ": input 'counts' must lie in [0, Nb = ", nb, "], got ", c, " at (",
+                                  bi / nqb, ", ", bi % nqb, ")"));
     }
     for (int64_t j = 0; j < c; ++j) {
       const int32_t x = indices[bi * nb + j];
       if (x < 0 || x >= l) {
-        std::ostringstream os;
-        os << kSparseAttention << ": input 'indices' within counts must lie in [0, L = " << l << "), got " << x;
-        return Status::Error(os.str());
+        return Status::Error(
+            StrCat(kSparseAttention, ": input 'indices' within counts must lie in [0, L = ", l, "), got ", x));
       }
     }
   }

@@ -1,5 +1,7 @@
 #include "dhsa/op.h"
 
+#include <deque>
+
 #include "dhsa/cpu.h"
 #ifdef DHSA_WITH_CUDA
 #include "dhsa/cuda.h"
@@ -13,6 +15,31 @@ Act4 AsAct4(const Input& t) {
   return {t.data, d.dtype, d.dims[0], d.dims[1], d.dims[2], d.dims[3]};
 }
 
+// The attention ops' output: the query's shape.
+std::vector<DimExprs::Expr> QueryDims(DimExprs& e) {
+  return {e.input(0, 0), e.input(0, 1), e.input(0, 2), e.input(0, 3)};
+}
+
+// DimExprs over concrete dimensions.
+class Evaluate final : public DimExprs {
+ public:
+  explicit Evaluate(const Input* inputs) : in_(inputs) {}
+  Expr input(int i, int axis) override { return Keep(in_[i].desc->dims[axis]); }
+  Expr constant(int64_t v) override { return Keep(v); }
+  Expr ceil_div(Expr a, Expr b) override { return Keep(dhsa::ceil_div(Value(a), Value(b))); }
+  Expr prod(Expr a, Expr b) override { return Keep(Value(a) * Value(b)); }
+  Expr sum(Expr a, Expr b) override { return Keep(Value(a) + Value(b)); }
+  static int64_t Value(Expr e) { return *static_cast<const int64_t*>(e); }
+
+ private:
+  Expr Keep(int64_t v) {
+    values_.push_back(v);
+    return &values_.back();
+  }
+  const Input* in_;
+  std::deque<int64_t> values_;  // stable addresses
+};
+
 template <typename T>
 const T* Data(const Input& t) {
   return t.desc ? static_cast<const T*>(t.data) : nullptr;
@@ -25,6 +52,10 @@ class ChunkBoundariesOp final : public Op {
   Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
     shapes->resize(1);
     return CheckChunkBoundaries(a, *in[0].desc, in[1].desc, &(*shapes)[0]);
+  }
+  void OutputDims(DimExprs& e, std::vector<std::vector<DimExprs::Expr>>* out) const override {
+    const DimExprs::Expr blocks = e.ceil_div(e.input(0, 2), e.constant(a.block_size));  // key (B, Hkv, L, D)
+    *out = {{e.input(0, 0), e.sum(e.prod(e.constant(a.chunk_beta), blocks), e.constant(1))}};
   }
   Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
     return cpu::ChunkBoundaries(a, AsAct4(in[0]), Data<float>(in[1]), static_cast<int32_t*>(out[0]), par);
@@ -46,6 +77,10 @@ class SelectKeysOp final : public Op {
   Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
     shapes->resize(2);
     return CheckSelectKeys(a, *in[0].desc, *in[1].desc, *in[2].desc, &(*shapes)[0], &(*shapes)[1]);
+  }
+  void OutputDims(DimExprs& e, std::vector<std::vector<DimExprs::Expr>>* out) const override {
+    const DimExprs::Expr blocks = e.ceil_div(e.input(0, 2), e.constant(a.block_size));  // query (B, Hq, L, D)
+    *out = {{e.input(0, 0), blocks, e.constant(a.budget)}, {e.input(0, 0), blocks}};
   }
   Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
     return cpu::SelectKeys(a, AsAct4(in[0]), AsAct4(in[1]), Data<int32_t>(in[2]), in[2].desc->dims[1],
@@ -71,6 +106,9 @@ class SparseAttentionOp final : public Op {
     shapes->resize(1);
     return CheckSparseAttention(a, *in[0].desc, *in[1].desc, *in[2].desc, *in[3].desc, *in[4].desc, &(*shapes)[0]);
   }
+  void OutputDims(DimExprs& e, std::vector<std::vector<DimExprs::Expr>>* out) const override {
+    *out = {QueryDims(e)};
+  }
   Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
     return cpu::SparseAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
                                 Data<int32_t>(in[4]), in[3].desc->dims[2], out[0], par);
@@ -94,6 +132,9 @@ class SelectAttentionOp final : public Op {
   Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
     shapes->resize(1);
     return CheckSelectAttention(a, *in[0].desc, *in[1].desc, *in[2].desc, *in[3].desc, &(*shapes)[0]);
+  }
+  void OutputDims(DimExprs& e, std::vector<std::vector<DimExprs::Expr>>* out) const override {
+    *out = {QueryDims(e)};
   }
   Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
     return cpu::SelectAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
@@ -140,11 +181,19 @@ Status Op::Check(const Input* inputs, int n_inputs, std::vector<TensorDesc>* out
     if (!inputs[i].desc && !s.inputs[i].optional) return Status::Error(op + ": input '" + s.inputs[i].name + "' is missing");
   std::vector<std::vector<int64_t>> shapes;
   DHSA_RETURN_IF_ERROR(CheckShapes(inputs, &shapes));
+  Evaluate eval(inputs);
+  std::vector<std::vector<DimExprs::Expr>> dims;
+  OutputDims(eval, &dims);
   outputs->clear();
   for (int o = 0; o < s.outputs.size; ++o) {
     const TypeClass t = s.outputs[o].type;
     const DType dt = t == TypeClass::kT ? inputs[0].desc->dtype : t == TypeClass::kInt32 ? DType::kInt32 : DType::kFloat32;
-    outputs->push_back({dt, shapes[o]});
+    std::vector<int64_t> shape;
+    for (DimExprs::Expr d : dims[o]) shape.push_back(Evaluate::Value(d));
+    if (shape != shapes[o])  // the symbolic rule and the checks disagree: a bug here, not bad input
+      return Status::Error(op + ": internal error: output '" + s.outputs[o].name + "' shape rule gives " +
+                           TensorDesc{dt, shape}.shape_string() + ", the checks " + TensorDesc{dt, shapes[o]}.shape_string());
+    outputs->push_back({dt, std::move(shape)});
   }
   return Status::Ok();
 }

@@ -1,8 +1,8 @@
 #include "dhsa/op_table.h"
 
-#include <sstream>
 
 #include "dhsa/ops.h"
+#include "dhsa/status.h"
 
 namespace dhsa {
 namespace {
@@ -72,17 +72,16 @@ const char* attr_type_name(AttrType t) {
 }
 
 std::string Signature(const OpSpec& op) {
-  std::ostringstream os;
-  os << op.name << " " << op.version << " |";
-  for (const InputSpec& i : op.inputs) os << " " << i.name << ":" << type_class_name(i.type) << (i.optional ? "?" : "");
-  os << " |";
+  std::string s = StrCat(op.name, " ", op.version, " |");
+  for (const InputSpec& i : op.inputs) s += StrCat(" ", i.name, ":", type_class_name(i.type), i.optional ? "?" : "");
+  s += " |";
   for (const OutputSpec& o : op.outputs) {
-    os << " " << o.name << ":" << type_class_name(o.type);
-    if (o.may_take_input >= 0) os << "<" << op.inputs[o.may_take_input].name;
+    s += StrCat(" ", o.name, ":", type_class_name(o.type));
+    if (o.may_take_input >= 0) s += StrCat("<", op.inputs[o.may_take_input].name);
   }
-  os << " |";
-  for (const AttrSpec& a : op.attrs) os << " " << a.name << ":" << attr_type_name(a.type);
-  return os.str();
+  s += " |";
+  for (const AttrSpec& a : op.attrs) s += StrCat(" ", a.name, ":", attr_type_name(a.type));
+  return s;
 }
 
 }  // namespace dhsa

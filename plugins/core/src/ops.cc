@@ -1,6 +1,5 @@
 #include "dhsa/ops.h"
 
-#include <sstream>
 
 namespace dhsa {
 
@@ -33,21 +32,16 @@ int64_t TensorDesc::numel() const {
 }
 
 std::string TensorDesc::shape_string() const {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < dims.size(); ++i) os << (i ? ", " : "") << dims[i];
-  os << ")";
-  return os.str();
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) s += StrCat(i ? ", " : "", dims[i]);
+  return s + ")";
 }
 
 namespace {
 
 template <typename... Args>
-Status Fail(const char* op, Args&&... parts) {
-  std::ostringstream os;
-  os << op << ": ";
-  (os << ... << parts);
-  return Status::Error(os.str());
+Status Fail(const char* op, const Args&... parts) {
+  return Status::Error(StrCat(op, ": ", parts...));
 }
 
 Status Int(const AttrSource& src, const char* op, const char* name, int64_t* out) {

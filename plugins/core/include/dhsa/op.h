@@ -24,6 +24,20 @@ struct Input {
   const void* data = nullptr;
 };
 
+// Output dimensions as expressions over the inputs' dimensions: a binding with symbolic shapes
+// (TensorRT's IExprBuilder) builds them from the same rule Check evaluates. Expr is the binding's
+// handle of one expression.
+class DimExprs {
+ public:
+  using Expr = const void*;
+  virtual ~DimExprs() = default;
+  virtual Expr input(int input, int axis) = 0;
+  virtual Expr constant(int64_t value) = 0;
+  virtual Expr ceil_div(Expr a, Expr b) = 0;
+  virtual Expr prod(Expr a, Expr b) = 0;
+  virtual Expr sum(Expr a, Expr b) = 0;
+};
+
 class Op {
  public:
   // `name`: the ONNX op type (op_table.h). Errors name the op and the attribute.
@@ -34,6 +48,9 @@ class Op {
   // inputs: spec().inputs.size entries, desc == null for an absent optional one. outputs: their dtypes
   // and shapes, in spec().outputs order.
   Status Check(const Input* inputs, int n_inputs, std::vector<TensorDesc>* outputs) const;
+  // Each output's dimensions (spec().outputs order) in e's expressions; Check's shapes are these,
+  // evaluated on the inputs' dimensions.
+  virtual void OutputDims(DimExprs& e, std::vector<std::vector<DimExprs::Expr>>* outputs) const = 0;
   // The kernels, on inputs that passed Check and outputs of the shapes it gave. They read through
   // values (boundaries, indices) with the data checks of docs/ops.md on the CPU; on CUDA bad values
   // give unspecified results, never an out-of-bounds access.

@@ -2,7 +2,9 @@
 // TensorRT error recorder) without exceptions crossing a C ABI.
 #pragma once
 
+#include <cstdio>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace dhsa {
@@ -20,6 +22,30 @@ class Status {
   std::string msg_;
   bool failed_ = false;
 };
+
+namespace detail {
+inline void Append(std::string& s, const std::string& x) { s += x; }
+inline void Append(std::string& s, const char* x) { s += x; }
+inline void Append(std::string& s, char x) { s += x; }
+inline void Append(std::string& s, double x) {  // as iostreams print it
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", x);
+  s += buf;
+}
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, char>>>
+void Append(std::string& s, T x) {
+  s += std::to_string(x);
+}
+}  // namespace detail
+
+// Messages without iostreams: a library that formats through std::ostream breaks in processes whose
+// C++ runtime differs from the one it was built against (a statically linked libstdc++'s locale).
+template <typename... Parts>
+std::string StrCat(const Parts&... parts) {
+  std::string s;
+  (detail::Append(s, parts), ...);
+  return s;
+}
 
 #define DHSA_RETURN_IF_ERROR(expr)        \
   do {                                    \

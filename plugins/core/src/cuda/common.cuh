@@ -8,7 +8,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <sstream>
 #include <string>
 
 #include "dhsa/cuda.h"
@@ -342,9 +341,7 @@ __device__ uint64_t block_radix_select(int n, int64_t k, int bits, KeyAt key_at,
 
 inline Status CudaStatus(cudaError_t err, const char* op, const char* what) {
   if (err == cudaSuccess) return Status::Ok();
-  std::ostringstream os;
-  os << op << ": CUDA error in " << what << ": " << cudaGetErrorString(err);
-  return Status::Error(os.str());
+  return Status::Error(StrCat(op, ": CUDA error in ", what, ": ", cudaGetErrorString(err)));
 }
 
 #define DHSA_CUDA_RETURN(expr, op, what) DHSA_RETURN_IF_ERROR(::dhsa::cuda::CudaStatus((expr), op, what))
