@@ -385,7 +385,7 @@ class OnnxRunner:
         if layers:
             run_path, self.layer_names = with_layer_outputs(path)
         try:
-            self.session = runtime.ort_session(run_path, provider)
+            self.session = runtime.ort_session(run_path, provider, arena=False)
         finally:
             if run_path != path:
                 os.unlink(run_path)

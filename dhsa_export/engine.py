@@ -1,7 +1,8 @@
 """Build TensorRT engines from exported models.
 
-Backends: full TensorRT (`tensorrt`, with the DHSA plugins for `--ops plugin` models) when it is
-installed, else TensorRT for RTX (`tensorrt_rtx`), whose builder also runs on a CPU-only machine.
+Backends: full TensorRT (`tensorrt`, with the DHSA plugins, libdhsa_trt.so, for `--ops plugin` models)
+when it is installed, else TensorRT for RTX (`tensorrt_rtx`), whose builder also runs on a CPU-only
+machine but cannot build plugin layers.
 TensorRT-RTX builds strongly typed networks, so its precision is the ONNX file's own (export with
 --dtype); full TensorRT also takes --fp16 / --bf16 builder flags.
 """
@@ -51,10 +52,16 @@ def build(onnx_path: str | Path, out: str | Path, profile: tuple[tuple[int, int]
         raise DHSAError(f"cannot write the engine into {out.parent}; choose another --out")
     trt, name = backend(backend_name)
     if uses_dhsa_ops(onnx_path):
+        if name == "tensorrt_rtx":
+            # Measured with TensorRT-RTX 1.7.1: it loads libdhsa_trt.so and its ONNX parser creates the
+            # plugins, then the process aborts; its network API has no plugin layer.
+            raise DHSAError(f"{onnx_path.name} holds dhsa plugin nodes, and {name} {trt.__version__} cannot build "
+                            f"plugin layers; export with --ops portable to build with TensorRT-RTX, or build with "
+                            f"full TensorRT (--backend tensorrt)")
         if not plugin_library:
-            raise DHSAError(f"{onnx_path.name} holds dhsa plugin nodes and no TensorRT plugin library was given "
-                            f"(--plugin-library); the TensorRT plugins are not part of this release yet, so export "
-                            f"with --ops portable to build without plugins")
+            from .native import trt_library
+
+            plugin_library = trt_library()
         trt.init_libnvinfer_plugins(None, "")
         trt.get_plugin_registry().load_library(str(plugin_library))
     logger = trt.Logger(trt.Logger.WARNING)

@@ -26,8 +26,10 @@ def model_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None):
-    """An InferenceSession for an exported model; registers the DHSA op library when the graph needs it."""
+def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None, arena: bool = True):
+    """An InferenceSession for an exported model; registers the DHSA op library when the graph needs it.
+    arena=False: CPU buffers go back to the system after each run instead of staying in ONNX Runtime's
+    arena (a checker that runs several prompt lengths keeps only what the current run needs)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -36,6 +38,7 @@ def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = N
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    opts.enable_cpu_mem_arena = arena
     if uses_dhsa_ops(path):
         from .native import ort_library
 

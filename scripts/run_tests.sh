@@ -16,4 +16,4 @@ LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.s
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   DHSA_ORT_LIBRARY=build/asan/libdhsa_ort.so python -m pytest -q -p no:cacheprovider tests/test_ort_ops.py
 echo "== slow: real weights"
-python -m pytest -q -m slow
+python -m pytest -q -m slow --durations=12

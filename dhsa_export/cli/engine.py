@@ -32,7 +32,7 @@ def _shape(ctx, param, value):
 @click.option("--max", "max_shape", callback=_shape, help="Largest BATCHxSEQ (recipe default).")
 @click.option("--workspace-gib", type=float, help="Builder workspace limit in GiB.")
 @click.option("--backend", type=click.Choice(["tensorrt", "tensorrt_rtx"]), help="Force a TensorRT flavour.")
-@click.option("--plugin-library", type=click.Path(exists=True, dir_okay=False), help="TensorRT DHSA plugin library.")
+@click.option("--plugin-library", type=click.Path(exists=True, dir_okay=False), help="TensorRT DHSA plugin library (default: the installed libdhsa_trt.so).")
 @user_errors
 def main(onnx_file, out, precision, min_shape, opt_shape, max_shape, workspace_gib, backend, plugin_library):
     """Build a TensorRT engine from ONNX_FILE (written by dhsa-export). Shape profiles default to the

@@ -26,7 +26,7 @@ check() {  # export, length
   local rc=$?
   local failed; failed=$(grep '^FAIL:' "$rep.log" | head -1 | cut -c7-)
   local frac; frac=$($py -c "import json,sys; print(json.load(open(sys.argv[1]))['attended_fraction'])" "$rep/report.json" 2>/dev/null)
-  read -r rss secs <"$rep.time"
+  read -r rss secs < <(tail -n 1 "$rep.time")  # after time's "Command exited with non-zero status" line
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rc" "${failed:--}" "${frac:--}" "$((rss / 1024))" "$secs" | tee -a "$out/summary.tsv"
 }
 for n in ${lengths//,/ }; do
