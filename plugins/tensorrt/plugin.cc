@@ -123,11 +123,11 @@ int32_t Plugin::getOutputShapes(const nvinfer1::DimsExprs* inputs, int32_t nbInp
                                 nvinfer1::IExprBuilder& exprBuilder) noexcept {
   const OpSpec& spec = op_->spec();
   try {
-    for (int32_t i = 0; i < nbInputs && i < spec.inputs.size; ++i)
-      if (inputs[i].nbDims != (spec.inputs[i].type == TypeClass::kT ? 4 : inputs[i].nbDims))
-        return Fail(Status::Error(std::string(spec.name) + ": input '" + spec.inputs[i].name + "' must be rank 4"));
-    if (nbInputs < 1 || inputs[0].nbDims != 4 || nbOutputs != spec.outputs.size)
+    if (nbInputs < 1 || nbInputs > spec.inputs.size || nbOutputs != spec.outputs.size)
       return Fail(Status::Error(std::string(spec.name) + ": unexpected number of inputs or outputs"));
+    for (int32_t i = 0; i < nbInputs; ++i)  // the activations' dimensions are what the rules read
+      if (spec.inputs[i].type == TypeClass::kT && inputs[i].nbDims != 4)
+        return Fail(Status::Error(std::string(spec.name) + ": input '" + spec.inputs[i].name + "' must be rank 4"));
     TrtDims e(inputs, exprBuilder);
     std::vector<std::vector<DimExprs::Expr>> dims;
     op_->OutputDims(e, &dims);
@@ -153,7 +153,7 @@ bool Plugin::supportsFormatCombination(int32_t pos, const nvinfer1::DynamicPlugi
   return d.type == TypeOf(c, inOut[0].desc.type);
 }
 
-int32_t Plugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nbInputs,
+int32_t Plugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc*, int32_t nbInputs,
                                 const nvinfer1::DynamicPluginTensorDesc*, int32_t nbOutputs) noexcept {
   const OpSpec& spec = op_->spec();
   if (nbOutputs != spec.outputs.size || nbInputs > spec.inputs.size)
@@ -162,7 +162,6 @@ int32_t Plugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int
     if (!spec.inputs[i].optional)
       return Fail(Status::Error(std::string(spec.name) + ": input '" + spec.inputs[i].name + "' is missing"));
   n_inputs_ = nbInputs;
-  (void)in;
   return 0;
 }
 
