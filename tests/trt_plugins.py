@@ -9,13 +9,12 @@ import os
 from pathlib import Path
 
 from dhsa_export.errors import DHSAError
-from dhsa_export.native import _Attr, _Tensor, _tensor, trt_library
+from dhsa_export.native import _DTYPES, _Attr, _Tensor, _tensor, trt_library
 from dhsa_export.ops.reference import OpInputError
 from dhsa_export.ops.spec import CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
 
 BRIDGE = "libdhsa_trt_bridge.so"
 _REPO = Path(__file__).resolve().parents[1]
-_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64")
 
 
 def bridge_library() -> Path:
