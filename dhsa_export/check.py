@@ -423,20 +423,20 @@ def onnx_runner(path: Path, provider: str, layers: bool):
 
 
 def engine_runner(path: Path):
-    """A TensorRT engine as ids -> [logits] (needs a CUDA GPU the engine was built for)."""
-    from .engine import backend
+    """A TensorRT engine as ids -> [logits]; engine.check_runnable has vetted the GPU and shapes."""
+    from .engine import backend, read_sidecar
 
-    if not path.is_file():
-        raise DHSAError(f"engine file {path} not found")
-    if not torch.cuda.is_available():
-        raise DHSAError(f"cannot run engine {path.name}: no CUDA GPU on this machine (TensorRT engines run on the "
-                        f"GPU they were built for); compare the ONNX file with --onnx instead")
-    trt, name = backend()
+    record = read_sidecar(path)
+    trt, name = backend(record["tensorrt"]["flavour"])
+    if record["plugin_library"]:  # the engine's plugin layers are created from the registry
+        from .native import trt_library
+
+        trt.get_plugin_registry().load_library(str(trt_library()))
     rt = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     engine = rt.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
-        raise DHSAError(f"{name} refused engine {path.name}: it was built for another GPU or TensorRT version; "
-                        f"rebuild it on this machine with dhsa-build-engine")
+        raise DHSAError(f"{name} {trt.__version__} refused engine {path.name} (built for another TensorRT version?); "
+                        f"rebuild it with dhsa-build-engine")
     ctx = engine.create_execution_context()
     inp, out = engine.get_tensor_name(0), engine.get_tensor_name(1)
     out_dtype = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,

@@ -11,8 +11,6 @@ import copy
 import logging
 import os
 import resource
-import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -28,6 +26,7 @@ from torch import nn
 from . import __version__
 from .attention import enable_dhsa
 from .errors import DHSAError
+from .files import EXTERNAL_DATA_THRESHOLD, publish_onnx
 from .loading import load
 from .onnx import plugin_ops, portable_ops, schemas
 from .ops.spec import ALL_OPS, DOMAIN, OPSET_VERSION
@@ -38,7 +37,6 @@ Progress = Callable[[str], None]
 
 # Above this many bytes the weights go to external data: protobuf caps a file at 2 GB, and
 # serialising in-file costs ~4x the weights in RAM (gemma3-270m: 4.9 GB peak in-file, 1.8 GB external).
-EXTERNAL_DATA_THRESHOLD = 256 << 20
 
 
 @dataclass
@@ -202,25 +200,20 @@ def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dt
     meta = _metadata(recipe, flavour, dtype, dense, loaded.source.description)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_THRESHOLD
-    tmp = Path(tempfile.mkdtemp(prefix=".dhsa-export-", dir=out.parent))
-    try:
-        for k, v in meta.items():
-            program.model.metadata_props[k] = v
-        progress(f"saving {'with external data ' if external else ''}to {out}")
-        tmp_onnx = tmp / out.name
-        program.save(str(tmp_onnx), external_data=external)
-        del program
+    for k, v in meta.items():
+        program.model.metadata_props[k] = v
+    progress(f"saving {'with external data ' if external else ''}to {out}")
+
+    def check(tmp_onnx: Path) -> None:
         progress("checking (onnx.checker full_check + shape inference)")
         onnx.checker.check_model(str(tmp_onnx), full_check=True)
-        proto = onnx.load(str(tmp_onnx), load_external_data=False)
-        data_files = [p for p in tmp.iterdir() if p.name != out.name]
-        data_path = None
-        for p in data_files:  # data first, so a visible .onnx never points at missing data
-            shutil.move(str(p), out.parent / p.name)
-            data_path = out.parent / p.name
-        os.replace(tmp_onnx, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    pending = [program]  # released once saved: the check loads the model again
+    del program
+    publish_onnx(out, lambda tmp_onnx: pending.pop().save(str(tmp_onnx), external_data=external), check)
+    proto = onnx.load(str(out), load_external_data=False)
+    data_path = next((out.parent / e.value for t in proto.graph.initializer for e in t.external_data
+                      if e.key == "location"), None)
 
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
     return ExportResult(

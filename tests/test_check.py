@@ -134,15 +134,6 @@ def test_missing_plugin_library(exported, tmp_path):
          env={"DHSA_ORT_LIBRARY": str(tmp_path / "nope.so")})
 
 
-def test_engine_for_another_gpu(exported, tmp_path):
-    pytest.importorskip("tensorrt_rtx")
-    from dhsa_export import engine
-
-    plan = tmp_path / "m.engine"
-    engine.build(exported("tiny-gemma2", "portable"), plan, ((1, 1), (2, 64), (2, 256)), backend_name="tensorrt_rtx")
-    _bad(["tiny-gemma2", "--engine", str(plan)], "engine")
-
-
 @pytest.mark.parametrize("args,expect", [
     (["tiny-gemma2"], "exactly one of --onnx FILE or --engine FILE"),
     (["tiny-gemma2", "--onnx", "/no/such.onnx"], "/no/such.onnx not found"),

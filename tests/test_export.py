@@ -75,27 +75,6 @@ def test_plugin_attention_output_takes_the_query_buffer(exported, name, tmp_path
     assert layers > 0 and log.count(ort_ops.FUSED_IN_PLACE_LOG) == layers
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
-def test_portable_builds_with_tensorrt_rtx(exported, name, tmp_path):
-    """An early proof that what we write is TensorRT-parseable: TensorRT-RTX's parser and builder
-    (CPU-only mode) turn the portable export into an engine."""
-    pytest.importorskip("tensorrt_rtx")
-    from dhsa_export import engine
-
-    result = engine.build(exported(name, "portable"), tmp_path / "m.engine", ((1, 1), (2, 64), (2, 256)),
-                          backend_name="tensorrt_rtx")
-    assert result.bytes > 100_000
-
-
-def test_plugin_model_needs_trt_plugins(exported, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dhsa_export.cli.engine", str(exported("tiny-gemma2", "plugin")),
-                        "--out", str(tmp_path / "x.engine")], capture_output=True, text=True)
-    assert r.returncode == 2 and "export with --ops portable" in r.stderr
-    if "tensorrt_rtx" in r.stderr:  # the only TensorRT installable without NVIDIA's index
-        assert "cannot build plugin layers" in r.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "x.engine").exists()
-
-
 def test_fp16_and_bf16_exports(tmp_path, seed):
     recipe, model = tiny("tiny-gemma3")
     ids = token_ids(1, 80, seed)

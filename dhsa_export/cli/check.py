@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import check as checking
-from .. import niah, runtime
+from .. import engine, niah, runtime
 from ..errors import DHSAError
 from ..files import atomic_write
 from ..loading import load
@@ -143,12 +143,20 @@ def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path
     else:
         if layers:
             raise click.UsageError("--layers needs --onnx (engines expose only their outputs)")
-        deployed, layer_names = checking.engine_runner(artefact), None
-        runtime_name = "tensorrt"
+        record = engine.read_sidecar(artefact)
+        if record.get("recipe") and record["recipe"] != recipe.name:
+            raise DHSAError(f"{artefact.name} was built from {record['recipe']}, not {recipe.name}; pass the matching "
+                            f"MODEL")
+        precision = record["precision"]
+        runtime_name = f"{record['tensorrt']['flavour']} {record['tensorrt']['version']}"
     gates = _gates(recipe, precision, cosine=cosine, top1=top1, greedy=greedy, rel_error=rel_error,
                    layer_rel_error=layer_rel_error)
     loaded = load(recipe, model_path, progress=progress)
     inputs = checking.make_inputs(recipe, loaded.tokenizer, prompts_file, passkey, length, seed)
+    if engine_file:
+        shape = (max(ids.shape[0] for _, ids in inputs), max(ids.shape[1] for _, ids in inputs) + greedy_tokens)
+        engine.check_runnable(record, artefact.name, shape, engine.current_gpu())
+        deployed, layer_names = checking.engine_runner(artefact), None
     report = checking.compare(recipe, loaded, deployed, artefact=str(artefact), runtime_name=runtime_name,
                               precision=precision, inputs=inputs, greedy_tokens=greedy_tokens,
                               layer_names=layer_names, gates=gates, progress=progress)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import recipes
-from ..engine import build
+from ..engine import RTX_DEFAULT_TARGETS, RTX_TARGETS, build
 from ..runtime import model_metadata
 from .common import Command, progress, user_errors
 
@@ -22,19 +22,39 @@ def _shape(ctx, param, value):
     return (b, s)
 
 
+def _targets(ctx, param, value):
+    if value is None:
+        return None
+    targets = tuple(t.strip() for t in value.split(",") if t.strip())
+    unknown = [t for t in targets if t not in RTX_TARGETS]
+    if unknown or not targets:
+        raise click.BadParameter(f"unknown compute capability {', '.join(unknown) or repr(value)}; choose from "
+                                 f"{', '.join(RTX_TARGETS)}")
+    return targets
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Engine file (default: ONNX name + .engine).")
-@click.option("--fp16", "precision", flag_value="fp16", help="Allow fp16 kernels (full TensorRT only).")
-@click.option("--bf16", "precision", flag_value="bf16", help="Allow bf16 kernels (full TensorRT only).")
+@click.option("--fp16", "precision", flag_value="fp16",
+              help="fp16 linear layers and embeddings, fp32 elsewhere (a builder flag on TensorRT 10; strongly typed "
+                   "builders get the network converted, written next to the engine).")
+@click.option("--bf16", "precision", flag_value="bf16", help="As --fp16, in bf16.")
 @click.option("--min", "min_shape", callback=_shape, help="Smallest BATCHxSEQ (recipe default).")
 @click.option("--opt", "opt_shape", callback=_shape, help="BATCHxSEQ to tune for (recipe default).")
 @click.option("--max", "max_shape", callback=_shape, help="Largest BATCHxSEQ (recipe default).")
 @click.option("--workspace-gib", type=float, help="Builder workspace limit in GiB.")
 @click.option("--backend", type=click.Choice(["tensorrt", "tensorrt_rtx"]), help="Force a TensorRT flavour.")
-@click.option("--plugin-library", type=click.Path(exists=True, dir_okay=False), help="TensorRT DHSA plugin library (default: the installed libdhsa_trt.so).")
+@click.option("--plugins", "--plugin-library", "plugin_library", type=click.Path(dir_okay=False),
+              help="TensorRT DHSA plugin library (default: the installed libdhsa_trt.so).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="TensorRT timing cache file: read when present, written after the build.")
+@click.option("--target-gpu", "target_gpus", callback=_targets, metavar="CC[,CC...]",
+              help=f"TensorRT-RTX: compute capabilities to build for ({', '.join(RTX_TARGETS)}; default "
+                   f"{', '.join(RTX_DEFAULT_TARGETS)}).")
 @user_errors
-def main(onnx_file, out, precision, min_shape, opt_shape, max_shape, workspace_gib, backend, plugin_library):
+def main(onnx_file, out, precision, min_shape, opt_shape, max_shape, workspace_gib, backend, plugin_library,
+         timing_cache, target_gpus):
     """Build a TensorRT engine from ONNX_FILE (written by dhsa-export). Shape profiles default to the
     recipe recorded in the file's metadata."""
     if not Path(onnx_file).is_file():
@@ -51,8 +71,12 @@ def main(onnx_file, out, precision, min_shape, opt_shape, max_shape, workspace_g
     out = out or str(Path(onnx_file).with_suffix(".engine"))
     result = build(onnx_file, out, tuple(tuple(s) for s in shapes), precision=precision,
                    workspace_gib=workspace_gib or (recipe.engine.workspace_gib if recipe else 4.0),
-                   backend_name=backend, plugin_library=plugin_library, progress=progress)
-    click.echo(f"wrote {result.path} ({result.bytes / 2**20:.1f} MiB) with {result.backend} in {result.seconds:.1f} s")
+                   backend_name=backend, plugin_library=plugin_library, timing_cache=timing_cache,
+                   target_gpus=target_gpus, progress=progress)
+    if result.built_from != Path(onnx_file):
+        click.echo(f"built from {result.built_from} (check it with dhsa-check compare --onnx)")
+    click.echo(f"wrote {result.path} ({result.bytes / 2**20:.1f} MiB) and {result.sidecar.name} with "
+               f"{result.backend} in {result.seconds:.1f} s")
 
 
 if __name__ == "__main__":
