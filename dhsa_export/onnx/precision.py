@@ -21,9 +21,11 @@ def _matmul_weight_use(use) -> bool:
 
 
 def _weight_uses(value: ir.Value) -> list | None:
-    """The uses of an fp32 initializer when every one is a linear layer's weight or an embedding
+    """The uses of an fp32 weight matrix when every one is a linear layer's weight or an embedding
     table (through at most one Transpose), else None."""
     uses = list(value.uses())
+    if value.shape is None or value.shape.rank() != 2:
+        return None
     for use in uses:
         if use.node.op_type == "Gather" and use.idx == 0 or _matmul_weight_use(use):
             continue
@@ -46,7 +48,11 @@ class _Rewriter:
         if id(x) not in self.casts:
             cast = ir.node("Cast", [x], attributes={"to": self.half})
             cast.outputs[0].dtype, cast.outputs[0].shape = self.half, x.shape
-            self.graph.insert_before(node, cast)
+            # right after the activation is made: every consumer, in any order, comes later
+            if x.producer() is not None:
+                self.graph.insert_after(x.producer(), cast)
+            else:
+                self.graph.insert_before(next(iter(self.graph)), cast)
             self.casts[id(x)] = cast.outputs[0]
         node.replace_input_with(idx, self.casts[id(x)])
 
