@@ -162,14 +162,10 @@ def _progress_monitor(trt, report):
     return Monitor()
 
 
-def _gpu_targets(trt, name: str, config, targets: tuple[str, ...] | None) -> list[str]:
+def _gpu_targets(name: str, targets: tuple[str, ...] | None) -> list[str]:
+    """The compute capabilities the engine will run on (checked before anything is written)."""
     if name == "tensorrt_rtx":
-        if targets:
-            config.num_compute_capabilities = len(targets)
-            for i, cc in enumerate(targets):
-                config.set_compute_capability(getattr(trt.ComputeCapability, RTX_TARGETS[cc]), i)
-            return list(targets)
-        return list(RTX_DEFAULT_TARGETS)
+        return list(targets or RTX_DEFAULT_TARGETS)
     if targets:
         raise DHSAError("--target-gpu is for TensorRT-RTX; full TensorRT builds for the GPU it runs on")
     gpu = current_gpu()
@@ -198,6 +194,7 @@ def build(onnx_path: str | Path, out: str | Path, profile: tuple[tuple[int, int]
     ops = dhsa_nodes(header)
     del header
     lower = bool(ops) and name == "tensorrt_rtx"
+    targets = _gpu_targets(name, target_gpus)
     convert = precision if precision and exported == "fp32" and strongly_typed(trt) else None
     library = None
     if ops and not lower:
@@ -223,7 +220,10 @@ def build(onnx_path: str | Path, out: str | Path, profile: tuple[tuple[int, int]
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     if precision and not strongly_typed(trt):
         config.set_flag(getattr(trt.BuilderFlag, precision.upper()))
-    targets = _gpu_targets(trt, name, config, target_gpus)
+    if target_gpus:  # TensorRT-RTX only (_gpu_targets refuses them for full TensorRT)
+        config.num_compute_capabilities = len(target_gpus)
+        for i, cc in enumerate(target_gpus):
+            config.set_compute_capability(getattr(trt.ComputeCapability, RTX_TARGETS[cc]), i)
     cache = None
     if timing_cache:
         if name == "tensorrt_rtx":
