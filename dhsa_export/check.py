@@ -113,7 +113,7 @@ class Report:
                          f"{s.layers} layer(s) (budget {self.budget} keys per query block)"
                          + ("" if s.fraction < 1 else ": every prompt fits the budget, so DHSA equals dense here"))
         for key, secs in self.seconds.items():
-            lines.append(f"- {key}: {secs:.2f} s")
+            lines.append(f"- {key}: {secs:.3g} s")
         lines += [f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
                   "| metric | deployed vs PyTorch DHSA | PyTorch dense vs DHSA (context) |", "|---|---|---|"]
         d = self.dense_vs_dhsa
@@ -373,6 +373,50 @@ def compare(recipe: Recipe, loaded, deployed: Callable[[np.ndarray], list[np.nda
                   inputs=[{"name": n, "tokens": int(i.shape[1]), "batch": int(i.shape[0])} for n, i in inputs],
                   logits=logits, dense_vs_dhsa=dense, layers=layers, gates=gate_results, first_diverging_layer=first,
                   sparsity=sparsity if sparsity.layers else None, budget=recipe.dhsa.budget, seconds=seconds)
+
+
+def compare_cached(recipe: Recipe, loaded, loop, *, artefact: str, precision: str,
+                   inputs: list[tuple[str, np.ndarray]], greedy_tokens: int, gates: Gates,
+                   progress=lambda _: None) -> Report:
+    """A cached export folder against the PyTorch model run the same way (DHSA prefill, then cached dense
+    steps), one sequence at a time. Each sequence's `greedy_tokens` steps are teacher-forced with the
+    reference's own greedy tokens: the greedy gate is the share of steps whose deployed argmax equals
+    them, and the logits gates compare every step's logits (the prompt's last position and each
+    generated one)."""
+    model = loaded.model
+    lm = runtime.TorchLM(model)
+    acc, acc_dense = StreamedMetrics(logits=True), StreamedMetrics(logits=True)
+    hits = steps = 0
+    decode_s = first_s = 0.0
+    n = max(greedy_tokens, 1)
+    for name, ids in inputs:
+        for b, row in enumerate(ids):
+            label = name if ids.shape[0] == 1 else f"{name} [{b}]"
+            enable_dhsa(model, recipe.dhsa)
+            progress(f"{label}: PyTorch DHSA prefill + {n} cached greedy steps")
+            ref_tokens, ref_rows = lm.cached_greedy(row, n)
+            progress(f"{label}: deployed prefill + {n} cached steps ({loop.name}), teacher-forced")
+            got = loop.generate(row, n, forced=ref_tokens, keep_logits=True, stop_at_eos=False)
+            disable_dhsa(model)
+            _, dense_rows = lm.cached_greedy(row, n, forced=ref_tokens)
+            hits += sum(int(a == b) for a, b in zip(got.tokens, ref_tokens))
+            steps += n
+            first_s += got.first_token_s
+            decode_s += got.decode_s / max(n - 1, 1)
+            acc.add(np.stack(ref_rows), np.stack(got.step_logits))
+            acc_dense.add(np.stack(ref_rows), np.stack(dense_rows))
+    logits = acc.result()
+    runs = sum(ids.shape[0] for _, ids in inputs)
+    if greedy_tokens:
+        logits.greedy = hits / steps
+    gate_results, _ = evaluate_gates(logits, [], gates)
+    seconds = {"deployed time to first token": first_s / runs}
+    if n > 1:
+        seconds["deployed seconds per generated token"] = decode_s / runs
+    return Report(model=recipe.name, artefact=artefact, runtime=loop.name + " (KV cache)", precision=precision,
+                  inputs=[{"name": nm, "tokens": int(i.shape[1]), "batch": int(i.shape[0])} for nm, i in inputs],
+                  logits=logits, dense_vs_dhsa=acc_dense.result(), gates=gate_results, budget=recipe.dhsa.budget,
+                  seconds=seconds)
 
 
 class OnnxRunner:

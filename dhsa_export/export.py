@@ -19,18 +19,21 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import onnx
+import onnx_ir as ir
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
 
 from . import __version__
 from .attention import enable_dhsa
 from .errors import DHSAError
 from .files import EXTERNAL_DATA_THRESHOLD, publish_onnx
 from .loading import load
-from .onnx import plugin_ops, portable_ops, schemas
+from .onnx import cached_graph, plugin_ops, portable_ops, schemas
 from .ops.spec import ALL_OPS, DOMAIN, OPSET_VERSION
 from .recipes import Recipe
+from .runtime import cache_kwargs
 
 OpsFlavour = Literal["plugin", "portable"]
 Progress = Callable[[str], None]
@@ -63,6 +66,23 @@ class LogitsModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False, logits_to_keep=self.keep).logits
+
+
+class CachedLM(nn.Module):
+    """(input_ids, past) -> (logits, present): one forward with a KV cache, past and present as one
+    (key, value) pair per layer of shape (B, Hkv, P, D). Every layer keeps its whole history (sliding-window
+    layers mask it), so all caches have the same length, as onnxruntime-genai expects."""
+
+    def __init__(self, model: nn.Module, logits: str):
+        super().__init__()
+        self.model = model
+        self.keep = 1 if logits == "last" else 0
+
+    def forward(self, input_ids: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]]):
+        cache = DynamicCache(past) if past else DynamicCache()
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=self.keep,
+                         **cache_kwargs(self.model, cache))
+        return out.logits, [(layer.keys, layer.values) for layer in cache.layers]
 
 
 class HalfLinear(nn.Module):
@@ -159,13 +179,9 @@ def _metadata(recipe: Recipe, flavour: str, dtype: str, dense: bool, source: str
     return meta
 
 
-def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dtype: str = "fp32",
-           flavour: OpsFlavour = "plugin", logits: str = "all", max_seq_len: int | None = None, dense: bool = False,
-           progress: Progress = lambda _: None, loaded=None) -> ExportResult:
-    """Export `recipe`'s model to `out`; returns what was written. `loaded` reuses a loaded model."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    check_output_path(out)
+def _prepare(recipe: Recipe, model_path, dtype: str, max_seq_len: int | None, dense: bool, progress: Progress,
+             loaded):
+    """The model to trace, with DHSA attention unless dense; returns (model, loaded, max_seq_len)."""
     max_seq_len = max_seq_len or recipe.export.max_seq_len
     if max_seq_len < recipe.dhsa.block_size:
         raise DHSAError(f"--max-seq-len {max_seq_len} is below the block size {recipe.dhsa.block_size}")
@@ -179,46 +195,125 @@ def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dt
     if not dense:
         enable_dhsa(model, recipe.dhsa)
     schemas.register()
-
     # torch's exporter warns about unrelated optional packages (torchvision) and deprecated pytree names.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
-    wrapper = LogitsModel(model, logits).eval()
-    example_len = min(max_seq_len, 2 * recipe.dhsa.block_size + 3)
-    example = torch.randint(0, model.config.get_text_config().vocab_size, (2, example_len))
-    dyn = {"input_ids": {0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=max_seq_len)}}
-    progress(f"tracing ({flavour} ops, {dtype}, logits={logits}, seq <= {max_seq_len})")
+    return model, loaded, max_seq_len
+
+
+def _trace(recipe: Recipe, wrapper: nn.Module, args: tuple, dynamic_shapes, flavour: OpsFlavour,
+           input_names: list[str], output_names: list[str]):
     with torch.no_grad():
         try:
-            program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=dyn,
-                                        custom_translation_table=translation_table(flavour),
-                                        opset_version=recipe.export.opset, optimize=True,
-                                        input_names=["input_ids"], output_names=["logits"], verbose=False)
+            return torch.onnx.export(wrapper.eval(), args, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                     custom_translation_table=translation_table(flavour),
+                                     opset_version=recipe.export.opset, optimize=True, input_names=input_names,
+                                     output_names=output_names, verbose=False)
         except Exception as err:  # noqa: BLE001 - re-raised with the stage named
             raise RuntimeError(f"torch.onnx.export failed while tracing {recipe.name}: {err}") from err
 
-    meta = _metadata(recipe, flavour, dtype, dense, loaded.source.description)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    external = weight_bytes > EXTERNAL_DATA_THRESHOLD
-    for k, v in meta.items():
-        program.model.metadata_props[k] = v
+
+def _save(model_or_program, out: Path, external: bool, progress: Progress) -> Path | None:
+    """Write and check `out` (atomically, see files.publish_onnx); returns the external-data file, if any."""
     progress(f"saving {'with external data ' if external else ''}to {out}")
 
     def check(tmp_onnx: Path) -> None:
         progress("checking (onnx.checker full_check + shape inference)")
         onnx.checker.check_model(str(tmp_onnx), full_check=True)
 
-    pending = [program]  # released once saved: the check loads the model again
-    del program
-    publish_onnx(out, lambda tmp_onnx: pending.pop().save(str(tmp_onnx), external_data=external), check)
-    proto = onnx.load(str(out), load_external_data=False)
-    data_path = next((out.parent / e.value for t in proto.graph.initializer for e in t.external_data
-                      if e.key == "location"), None)
+    def save(tmp_onnx: Path) -> None:
+        item = pending.pop()
+        if isinstance(item, ir.Model):
+            ir.save(item, tmp_onnx, external_data=f"{tmp_onnx.name}.data" if external else None)
+        else:
+            item.save(str(tmp_onnx), external_data=external)
 
-    ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    pending = [model_or_program]  # released once saved: the check loads the model again
+    del model_or_program
+    publish_onnx(out, save, check)
+    proto = onnx.load(str(out), load_external_data=False)
+    return next((out.parent / e.value for t in proto.graph.initializer for e in t.external_data
+                 if e.key == "location"), None)
+
+
+def _result(out: Path, data_path: Path | None, t0: float, meta: dict[str, str]) -> ExportResult:
+    proto = onnx.load(str(out), load_external_data=False)
+    ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in cached_graph.all_nodes(proto.graph))
     return ExportResult(
         path=out, data_path=data_path, op_counts=dict(ops.most_common()),
         inputs=[_value_info(v) for v in proto.graph.input], outputs=[_value_info(v) for v in proto.graph.output],
         file_bytes=out.stat().st_size, data_bytes=data_path.stat().st_size if data_path else 0,
         seconds=time.perf_counter() - t0, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         metadata=meta)
+
+
+def _external(model: nn.Module) -> bool:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_THRESHOLD
+
+
+def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dtype: str = "fp32",
+           flavour: OpsFlavour = "plugin", logits: str = "all", max_seq_len: int | None = None, dense: bool = False,
+           progress: Progress = lambda _: None, loaded=None) -> ExportResult:
+    """Export `recipe`'s model to `out`; returns what was written. `loaded` reuses a loaded model."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    check_output_path(out)
+    model, loaded, max_seq_len = _prepare(recipe, model_path, dtype, max_seq_len, dense, progress, loaded)
+    example_len = min(max_seq_len, 2 * recipe.dhsa.block_size + 3)
+    example = torch.randint(0, model.config.get_text_config().vocab_size, (2, example_len))
+    dyn = {"input_ids": {0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=max_seq_len)}}
+    progress(f"tracing ({flavour} ops, {dtype}, logits={logits}, seq <= {max_seq_len})")
+    program = _trace(recipe, LogitsModel(model, logits), (example,), dyn, flavour, ["input_ids"], ["logits"])
+    meta = _metadata(recipe, flavour, dtype, dense, loaded.source.description)
+    for k, v in meta.items():
+        program.model.metadata_props[k] = v
+    external = _external(model)
+    del model
+    data_path = _save(program, out, external, progress)
+    return _result(out, data_path, t0, meta)
+
+
+def export_cached(recipe: Recipe, out_dir: str | Path, *, model_path: str | None = None, dtype: str = "fp32",
+                  flavour: OpsFlavour = "plugin", logits: str = "last", max_seq_len: int | None = None,
+                  dense: bool = False, progress: Progress = lambda _: None, loaded=None) -> ExportResult:
+    """Export `recipe`'s model with a KV cache into the folder `out_dir` (model_folder.py has its layout):
+    one graph (input_ids, past_key_values.N.key/value) -> (logits, present.N.key/value) whose prompt
+    prefill runs DHSA and whose cached calls attend densely (onnx/cached_graph.py)."""
+    from . import model_folder
+
+    t0 = time.perf_counter()
+    out_dir = model_folder.check_output_folder(out_dir)
+    model, loaded, max_seq_len = _prepare(recipe, model_path, dtype, max_seq_len, dense, progress, loaded)
+    text = model.config.get_text_config()
+    layers, kv_heads = text.num_hidden_layers, text.num_key_value_heads
+    batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=max_seq_len)
+    past_len = torch.export.Dim("past", min=1, max=max_seq_len)
+    kv_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    wrapper = CachedLM(model, logits)
+    outputs = ["logits", *cached_graph.present_names(layers)]
+
+    prompt = torch.randint(0, text.vocab_size, (2, min(max_seq_len, 2 * recipe.dhsa.block_size + 3)))
+    progress(f"tracing the prefill ({flavour} ops, {dtype}, logits={logits}, prompt <= {max_seq_len})")
+    prefill = _trace(recipe, wrapper, (prompt, []), ({0: batch, 1: seq}, []), flavour, ["input_ids"], outputs)
+
+    past = [tuple(torch.randn(2, kv_heads, 7, text.head_dim, dtype=kv_dtype) for _ in range(2)) for _ in range(layers)]
+    progress("tracing the cached step (dense attention over the cache)")
+    decode = _trace(recipe, wrapper, (prompt[:, :3], past),
+                    ({0: batch, 1: seq}, [({0: batch, 2: past_len}, {0: batch, 2: past_len})] * layers), flavour,
+                    ["input_ids", *cached_graph.past_names(layers)], outputs)
+    merged = cached_graph.merge(prefill.model, decode.model, layers)
+    del prefill, decode
+    meta = _metadata(recipe, flavour, dtype, dense, loaded.source.description)
+    meta.update(model_folder.cache_metadata(max_seq_len))
+    for k, v in meta.items():
+        merged.metadata_props[k] = v
+    external = _external(model)
+
+    def fill(folder: Path) -> Path | None:
+        data = _save(merged, folder / model_folder.MODEL_FILE, external, progress)
+        model_folder.write_companions(folder, recipe, model, loaded.tokenizer, flavour, dtype, max_seq_len, meta)
+        return data
+
+    data_path = model_folder.publish(out_dir, fill, progress)
+    final = out_dir / model_folder.MODEL_FILE
+    return _result(final, data_path and out_dir / data_path.name, t0, meta)

@@ -3,6 +3,7 @@ logits / greedy-decoding interface over the PyTorch model, so checks compare lik
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -12,13 +13,22 @@ import torch
 
 from .errors import DHSAError
 
+def cache_kwargs(module, cache) -> dict:
+    """The keyword under which `module.forward` takes a KV cache: transformers renamed `past_key_values`
+    to `cache` during 5.x and deprecates the old name."""
+    params = inspect.signature(module.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # (B, L) int64 -> (B, L or 1, V) float32
 
 
 def uses_dhsa_ops(path: str | Path) -> bool:
     """True when the graph holds bare `dhsa` nodes (a plugin-flavour export)."""
+    from .onnx.cached_graph import all_nodes
+
     model = onnx.load(str(path), load_external_data=False)
-    return any(n.domain == "dhsa" for n in model.graph.node)
+    return any(n.domain == "dhsa" for n in all_nodes(model.graph))
 
 
 def model_metadata(path: str | Path) -> dict[str, str]:
@@ -26,8 +36,10 @@ def model_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None, arena: bool = True):
-    """An InferenceSession for an exported model; registers the DHSA op library when the graph needs it.
+def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None, arena: bool = True,
+                library: Path | None = None):
+    """An InferenceSession for an exported model; registers the DHSA op library (`library`, else the
+    installed one) when the graph needs it.
     arena=False: CPU buffers go back to the system after each run instead of staying in ONNX Runtime's
     arena (a checker that runs several prompt lengths keeps only what the current run needs)."""
     import onnxruntime as ort
@@ -39,10 +51,10 @@ def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = N
     if threads:
         opts.intra_op_num_threads = threads
     opts.enable_cpu_mem_arena = arena
-    if uses_dhsa_ops(path):
+    if library is not None or uses_dhsa_ops(path):
         from .native import ort_library
 
-        opts.register_custom_ops_library(str(ort_library()))
+        opts.register_custom_ops_library(str(library or ort_library()))
     providers = {"cpu": ["CPUExecutionProvider"],
                  "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[provider]
     if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -94,6 +106,26 @@ class TorchLM:
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out.float()
+
+    @torch.no_grad()
+    def cached_greedy(self, ids: np.ndarray, new_tokens: int, forced: list[int] | None = None
+                      ) -> tuple[list[int], list[np.ndarray]]:
+        """Greedy decoding as a cached deployment runs it: one prefill of the prompt (DHSA when enabled),
+        then one cached step per token (dense over the cache). Returns the argmax tokens and each step's
+        (V,) logits; with `forced`, those tokens are fed instead (teacher forcing)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        step = torch.from_numpy(np.asarray(ids, dtype=np.int64).reshape(1, -1))
+        tokens, rows = [], []
+        for i in range(new_tokens):
+            hidden = self.model.model(input_ids=step, use_cache=True, **cache_kwargs(self.model.model, cache))
+            hidden = hidden.last_hidden_state
+            row = self.logits(hidden[:, -1:])[0, -1]
+            rows.append(row.numpy())
+            tokens.append(int(row.argmax()))
+            step = torch.tensor([[forced[i] if forced is not None else tokens[-1]]])
+        return tokens, rows
 
     def greedy(self, ids: np.ndarray, new_tokens: int) -> list[int]:
         """Greedy decoding by full re-runs, each step's logits for the last position only."""

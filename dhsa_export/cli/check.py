@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import check as checking
-from .. import engine, niah, runtime
+from .. import engine, generation, model_folder, niah, runtime
 from ..errors import DHSAError
 from ..files import atomic_write
 from ..loading import load
@@ -35,8 +35,9 @@ def main():
 @click.option("--seed", default=0, show_default=True, help="Seed for the pass keys.")
 @click.option("--out", "out_dir", default="niah-results", show_default=True, type=click.Path(file_okay=False),
               help="Folder for niah.json, niah.md and niah.png.")
-@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
-              help="Also answer every prompt with this exported model on ONNX Runtime (greedy by full re-runs).")
+@click.option("--onnx", "onnx_file", type=click.Path(),
+              help="Also answer every prompt with this exported model on ONNX Runtime: a --with-cache folder "
+                   "(prefill + cached steps), or an .onnx file (greedy by full re-runs).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider for --onnx.")
 @user_errors
@@ -65,7 +66,11 @@ def niah_cmd(model, recipe_name, model_path, lengths, depths, keys, budgets, met
     prompts = niah.make_prompts(loaded.tokenizer, lengths, depths, keys, seed=seed)
     progress(f"{len(prompts)} prompts x {len(budgets)} budgets; methods {', '.join(methods)}")
     extra = {}
-    if onnx_file:
+    if onnx_file and model_folder.is_model_folder(onnx_file):
+        loop = generation.OrtLoop(model_folder.open_folder(onnx_file), provider)
+        generation.check_prompt(loop.folder, max(len(p.input_ids) for p in prompts), new_tokens)
+        extra[f"onnx-{provider}"] = lambda ids: loop.generate(ids.numpy(), new_tokens).tokens
+    elif onnx_file:
         session = runtime.ort_session(onnx_file, provider)
         logits = runtime.ort_logits(session)
         extra[f"onnx-{provider}"] = lambda ids: runtime.greedy(logits, ids.numpy(), new_tokens)
@@ -94,7 +99,8 @@ def _gates(recipe, precision, **overrides) -> Gates:
 
 @main.command("compare")
 @click.argument("model")
-@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), help="Exported model to check (ONNX Runtime).")
+@click.option("--onnx", "onnx_file", type=click.Path(), help="Exported model to check on ONNX Runtime: an .onnx file, "
+              "or a --with-cache folder (prefill + cached steps, as it generates).")
 @click.option("--engine", "engine_file", type=click.Path(dir_okay=False), help="TensorRT engine to check.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider.")
@@ -126,8 +132,13 @@ def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path
         raise click.UsageError("give exactly one of --onnx FILE or --engine FILE")
     recipe, model_path = resolve_model_arg(model, recipe_name, model_path)
     artefact = Path(onnx_file or engine_file)
+    if onnx_file and model_folder.is_model_folder(artefact):
+        return _compare_folder(recipe, model_path, artefact, provider, prompts_file, passkey, length, greedy_tokens,
+                               layers, polygraphy, seed, out_dir,
+                               dict(cosine=cosine, top1=top1, greedy=greedy, rel_error=rel_error))
     if not artefact.is_file():
-        raise DHSAError(f"{artefact} not found")
+        raise DHSAError(f"{artefact} not found" if not artefact.is_dir() else
+                        f"{artefact} is a folder but not a dhsa-export --with-cache model (no dhsa_export.json)")
     precision = "fp32"
     if onnx_file:
         meta = runtime.model_metadata(artefact)
@@ -162,6 +173,32 @@ def compare_cmd(model, onnx_file, engine_file, provider, recipe_name, model_path
                               layer_names=layer_names, gates=gates, progress=progress)
     if polygraphy:
         report.gates.append(checking.polygraphy_gate(recipe, loaded, artefact, provider, inputs, gates))
+    _finish(report, out_dir)
+
+
+def _compare_folder(recipe, model_path, folder_path, provider, prompts_file, passkey, length, greedy_tokens, layers,
+                    polygraphy, seed, out_dir, overrides):
+    if layers or polygraphy:
+        raise click.UsageError("--layers and --polygraphy take an .onnx file; a --with-cache folder is checked "
+                               "as it generates")
+    folder = model_folder.open_folder(folder_path)
+    if folder.record["recipe"] != recipe.name:
+        raise DHSAError(f"{folder_path} was exported from {folder.record['recipe']}, not {recipe.name}; pass the "
+                        f"matching MODEL")
+    if folder.record["metadata"].get("dhsa.attention") == "dense":
+        raise DHSAError(f"{folder_path} is a dense export; compare a DHSA export")
+    precision = folder.record["dtype"]
+    gates = _gates(recipe, precision, **overrides)
+    loaded = load(recipe, model_path, progress=progress)
+    inputs = checking.make_inputs(recipe, loaded.tokenizer, prompts_file, passkey, length, seed)
+    generation.check_prompt(folder, max(ids.shape[1] for _, ids in inputs), max(greedy_tokens, 1))
+    loop = generation.OrtLoop(folder, provider)
+    report = checking.compare_cached(recipe, loaded, loop, artefact=str(folder_path), precision=precision,
+                                     inputs=inputs, greedy_tokens=greedy_tokens, gates=gates, progress=progress)
+    _finish(report, out_dir)
+
+
+def _finish(report, out_dir):
     js, md = checking.write_reports(report, Path(out_dir))
     click.echo(report.to_markdown())
     progress(f"wrote {js} and {md}")

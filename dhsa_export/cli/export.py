@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import recipes
-from ..export import export
+from ..export import export, export_cached
 from .common import Command, progress, resolve_model_arg, user_errors
 
 
@@ -38,7 +38,10 @@ def print_summary(result, recipe, dense: bool) -> None:
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output .onnx file (a folder with --with-cache).")
+@click.option("--with-cache", is_flag=True, help="Write a folder that generates: the model with a KV cache "
+              "(prefill runs DHSA, cached steps attend densely), genai_config.json for onnxruntime-genai, the "
+              "tokenizer and the op library. Logits of the last position unless --logits all.")
 @click.option("--recipe", "recipe_name", help="Recipe when MODEL is a model directory or .gguf file "
               f"(default by architecture). Known: {', '.join(recipes.available())}.")
 @click.option("--model-path", help="Weights directory or .gguf file, overriding the recipe's sources.")
@@ -59,7 +62,7 @@ def print_summary(result, recipe, dense: bool) -> None:
 @click.option("--predictor-path", type=click.Path(dir_okay=False), help="Learned boundary predictor checkpoint.")
 @click.option("--layers", type=click.Choice(["all", "global", "sliding"]), help="Layer types that use DHSA.")
 @user_errors
-def main(model, out, recipe_name, model_path, flavour, dtype, logits, max_seq_len, dense, budget, block_size,
+def main(model, out, with_cache, recipe_name, model_path, flavour, dtype, logits, max_seq_len, dense, budget, block_size,
          chunk_beta, local_tokens, global_tokens, instruction_tokens, boundary_method, predictor_path, layers):
     """Export MODEL (a recipe alias such as gemma2-2b or gemma3-270m, a recipe .yaml, a model directory or
     a .gguf file) to ONNX with DHSA attention as `dhsa` custom ops.
@@ -69,15 +72,18 @@ def main(model, out, recipe_name, model_path, flavour, dtype, logits, max_seq_le
       dhsa-export gemma3-270m --out gemma3-270m.onnx
       dhsa-export gemma2-2b --model-path ~/models/gemma-2-2b-it --dtype bf16 --budget 1024 --out g2.onnx
       dhsa-export tiny-gemma3 --ops portable --out tiny.onnx
+      dhsa-export gemma3-270m --with-cache --out out/gemma3-270m    (then: dhsa-generate out/gemma3-270m)
     """
     recipe, model_path = resolve_model_arg(model, recipe_name, model_path)
+    if with_cache and logits is None:
+        logits = "last"  # a generating model needs no vocabulary-sized rows for every prompt position
     recipe = recipes.with_overrides(
         recipe,
         dhsa=dict(budget=budget, block_size=block_size, chunk_beta=chunk_beta, local_tokens=local_tokens,
                   global_tokens=global_tokens, instruction_tokens=instruction_tokens,
                   boundary_method=boundary_method, predictor_path=predictor_path, layers=layers),
         export=dict(dtype=dtype, max_seq_len=max_seq_len, logits=logits))
-    result = export(recipe, out, model_path=model_path, dtype=recipe.export.dtype, flavour=flavour,
+    result = (export_cached if with_cache else export)(recipe, out, model_path=model_path, dtype=recipe.export.dtype, flavour=flavour,
                     logits=recipe.export.logits, max_seq_len=recipe.export.max_seq_len, dense=dense,
                     progress=progress)
     print_summary(result, recipe, dense)
