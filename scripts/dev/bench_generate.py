@@ -70,8 +70,8 @@ def main() -> None:
     kinds = args.kinds.split(",")
     if args.provider == "cuda":
         kinds = [k.replace("-genai", "-ort") for k in kinds]  # onnxruntime-genai's CPU package has no CUDA
-    artefacts = {"dhsa": work / f"{args.model}-dhsa", "dense": work / f"{args.model}-dense",
-                 "rerun": work / f"{args.model}-dhsa.onnx"}
+    stem = Path(args.model).stem if args.model.endswith(".yaml") else args.model
+    artefacts = {"dhsa": work / f"{stem}-dhsa", "dense": work / f"{stem}-dense", "rerun": work / f"{stem}-dhsa.onnx"}
     for name, path in artefacts.items():
         if any(k.startswith(name) for k in kinds) and not path.exists():
             cmd = [sys.executable, "-m", "dhsa_export.cli.export", args.model, "--out", str(path)]
@@ -83,20 +83,29 @@ def main() -> None:
         for kind in dict.fromkeys(kinds):
             path = artefacts[kind.split("-")[0]]
             out = subprocess.run([sys.executable, __file__, "--child", kind, str(path), str(seq), str(args.new_tokens),
-                                  args.provider], check=True, capture_output=True, text=True, cwd=ROOT)
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            row = {"seq": seq, "kind": kind, "first_token_s": round(res["first_token_s"], 3),
-                   "decode_tokens_per_s": round(res["decode_tokens_per_s"], 2),
-                   "peak_rss_mib": round(res["peak_rss_mib"])}
+                                  args.provider], capture_output=True, text=True, cwd=ROOT)
+            if out.returncode:  # e.g. out of memory: recorded, the other rows still run
+                err = (out.stderr.strip().splitlines() or ["?"])[-1][:300]
+                row = {"seq": seq, "kind": kind, "first_token_s": None, "decode_tokens_per_s": None,
+                       "peak_rss_mib": None, "error": err}
+            else:
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                row = {"seq": seq, "kind": kind, "first_token_s": round(res["first_token_s"], 3),
+                       "decode_tokens_per_s": round(res["decode_tokens_per_s"], 2),
+                       "peak_rss_mib": round(res["peak_rss_mib"])}
             rows.append(row)
             print(json.dumps(row), flush=True)
     import onnxruntime
 
     from dhsa_export import recipes
 
-    meta = {"model": args.model, "dhsa": recipes.load(args.model).dhsa.model_dump(), "date": date.today().isoformat(),
+    meta_gpu = None
+    if args.provider == "cuda":
+        meta_gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                  text=True).stdout.strip()
+    meta = {"model": stem, "dhsa": recipes.load(args.model).dhsa.model_dump(), "date": date.today().isoformat(),
             "machine": platform.machine(), "cores": os.cpu_count(), "provider": args.provider,
-            "onnxruntime": onnxruntime.__version__, "new_tokens": args.new_tokens,
+            "onnxruntime": onnxruntime.__version__, "new_tokens": args.new_tokens, "gpu": meta_gpu,
             "input": "random token ids, batch 1, greedy", "kinds": {
                 "dhsa-genai": "cached export, onnxruntime-genai", "dhsa-ort": "cached export, own loop (IO binding)",
                 "dense-genai": "dense cached export, onnxruntime-genai", "dense-ort": "dense cached export, own loop",
@@ -111,7 +120,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print("\n| L | runtime | time to first token (s) | decode tokens/s | peak RSS MiB |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seq']} | {r['kind']} | {r['first_token_s']} | {r['decode_tokens_per_s']} | {r['peak_rss_mib']} |")
+        print(f"| {r['seq']} | {r['kind']} | {r['first_token_s']} | {r['decode_tokens_per_s']} | {r['peak_rss_mib']} |"
+              + (f" {r['error']}" if "error" in r else ""))
 
 
 if __name__ == "__main__":

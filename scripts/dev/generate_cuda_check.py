@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Cached generation on ONNX Runtime's CUDA execution provider, against PyTorch greedy tokens made on a
+CPU machine. `make` writes --with-cache folders of the tiny models (fp32 plugin and portable, bf16
+plugin) and reference.json (prompts and the PyTorch reference's tokens: DHSA prefill + cached dense
+steps; for bf16 the model cast to bf16); `run` generates with the own loop on the CUDA provider and
+compares, needing only onnxruntime-gpu, numpy and this source tree.
+
+    python scripts/dev/generate_cuda_check.py make out/generate-cuda-check
+    python scripts/dev/generate_cuda_check.py run out/generate-cuda-check     # where onnxruntime-gpu is
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+NEW_TOKENS = 32
+CASES = [("tiny-gemma2", "plugin", "fp32"), ("tiny-gemma3", "plugin", "fp32"), ("tiny-gemma2", "portable", "fp32"),
+         ("tiny-gemma3", "plugin", "bf16")]
+
+
+def make(out: Path, seed: int) -> None:
+    import numpy as np
+    import torch
+
+    from dhsa_export import attention, export, recipes, runtime
+    from dhsa_export.loading import load
+
+    out.mkdir(parents=True, exist_ok=True)
+    ref = {}
+    for name, flavour, dtype in CASES:
+        tag = f"{name}-{flavour}-{dtype}"
+        recipe = recipes.load(name)
+        export.export_cached(recipe, out / tag, flavour=flavour, dtype=dtype)
+        model = load(recipe).model
+        if dtype == "bf16":
+            model = model.to(torch.bfloat16)
+        rng = np.random.default_rng(seed)
+        prompts = [rng.integers(3, 512, size=n).tolist() for n in (1, recipe.dhsa.budget // 2 + 3,
+                                                                   3 * recipe.dhsa.budget + 37)]
+        attention.enable_dhsa(model, recipe.dhsa)
+        tokens = [runtime.TorchLM(model).cached_greedy(np.array(p), NEW_TOKENS)[0] for p in prompts]
+        ref[tag] = {"prompts": prompts, "tokens": tokens}
+        print(tag, "ok", flush=True)
+    (out / "reference.json").write_text(json.dumps(ref))
+
+
+def run(folder: Path) -> int:
+    import onnxruntime as ort
+
+    from dhsa_export import generation, model_folder
+
+    print("onnxruntime", ort.__version__, ort.get_available_providers(), flush=True)
+    ref = json.loads((folder / "reference.json").read_text())
+    failed = 0
+    for tag, case in ref.items():
+        opened = model_folder.open_folder(folder / tag)
+        loop = generation.OrtLoop(opened, "cuda")
+        assert "CUDAExecutionProvider" in loop.session.get_providers()
+        for prompt, want in zip(case["prompts"], case["tokens"]):
+            got = loop.generate(prompt, NEW_TOKENS, stop_at_eos=False)
+            same = sum(a == b for a, b in zip(got.tokens, want))
+            exact = got.tokens == want
+            need_exact = not tag.endswith("bf16")
+            ok = exact if need_exact else same / len(want) >= 0.8  # the recipe's bf16 greedy gate
+            failed += not ok
+            print(f"{tag} L={len(prompt)}: {same}/{len(want)} tokens equal{' (exact)' if exact else ''} "
+                  f"{'ok' if ok else 'FAIL'}; first token {got.first_token_s * 1e3:.1f} ms, "
+                  f"{got.decode_tokens_per_s or 0:.0f} tokens/s", flush=True)
+    print("PASS" if not failed else f"FAIL ({failed})")
+    return 1 if failed else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["make", "run"])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.action == "make":
+        make(args.folder, args.seed)
+    else:
+        sys.exit(run(args.folder))
+
+
+if __name__ == "__main__":
+    main()
