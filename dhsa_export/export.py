@@ -314,6 +314,6 @@ def export_cached(recipe: Recipe, out_dir: str | Path, *, model_path: str | None
         model_folder.write_companions(folder, recipe, model, loaded.tokenizer, flavour, dtype, max_seq_len, meta)
         return data
 
-    data_path = model_folder.publish(out_dir, fill, progress)
+    data_path = model_folder.publish(out_dir, fill)
     final = out_dir / model_folder.MODEL_FILE
     return _result(final, data_path and out_dir / data_path.name, t0, meta)

@@ -53,6 +53,15 @@ def check_prompt(folder: ModelFolder, prompt_tokens: int, max_new_tokens: int) -
                         f"or re-export with a larger --max-seq-len")
 
 
+def _float32(value) -> np.ndarray:
+    """An ONNX Runtime value as float32 NumPy; bfloat16 (which NumPy lacks) goes through DLPack and torch."""
+    if value.data_type() == "tensor(bfloat16)":
+        import torch
+
+        return torch.from_dlpack(value._ortvalue.to_dlpack()).float().numpy()
+    return value.numpy().astype(np.float32, copy=False)
+
+
 class OrtLoop:
     """The cached graph on plain ONNX Runtime, one sequence at a time."""
 
@@ -90,7 +99,7 @@ class OrtLoop:
             binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
-        return outs[0].numpy()[0, -1].astype(np.float32), outs[1:]
+        return _float32(outs[0])[0, -1], outs[1:]
 
     def generate(self, ids: Sequence[int] | np.ndarray, max_new_tokens: int, *, on_token: OnToken | None = None,
                  forced: Sequence[int] | None = None, keep_logits: bool = False, stop_at_eos: bool = True) -> Generation:

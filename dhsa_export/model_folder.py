@@ -119,7 +119,7 @@ def write_companions(folder: Path, recipe, model, tokenizer, flavour: str, dtype
     (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def publish(out: Path, fill: Callable[[Path], object], progress=lambda _: None):
+def publish(out: Path, fill: Callable[[Path], object]):
     """fill(tmp) writes the folder's files into a private folder beside `out`, which then takes `out`'s place
     (an earlier export there is replaced only once the new one is complete). Returns fill's result."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,6 @@ def publish(out: Path, fill: Callable[[Path], object], progress=lambda _: None):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
             os.replace(out, old / out.name)
         os.replace(tmp, out)
-        progress(f"wrote {out}/")
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

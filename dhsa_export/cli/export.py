@@ -16,10 +16,13 @@ def _mib(n: int) -> str:
 def print_summary(result, recipe, dense: bool) -> None:
     click.echo(f"wrote {result.path} ({_mib(result.file_bytes)})"
                + (f" + {result.data_path.name} ({_mib(result.data_bytes)})" if result.data_path else ""))
-    for name, dtype, dims in result.inputs:
-        click.echo(f"  input  {name}: {dtype}{dims}")
-    for name, dtype, dims in result.outputs:
-        click.echo(f"  output {name}: {dtype}{dims}")
+    for kind, values in (("input ", result.inputs), ("output", result.outputs)):
+        layers = {n.split(".")[1] for n, _, _ in values if n.startswith(("past_key_values.", "present."))}
+        for name, dtype, dims in values:
+            if name.startswith(("past_key_values.", "present.")) and name.split(".")[1] != "0":
+                continue  # one layer's cache tensors stand for all
+            more = f"  (and layers 1..{len(layers) - 1})" if len(layers) > 1 and name.endswith(".0.value") else ""
+            click.echo(f"  {kind} {name}: {dtype}{dims}{more}")
     dhsa = {k: v for k, v in result.op_counts.items() if k.startswith("dhsa.")}
     std = {k: v for k, v in result.op_counts.items() if not k.startswith("dhsa.")}
     if dhsa:
@@ -87,6 +90,8 @@ def main(model, out, with_cache, recipe_name, model_path, flavour, dtype, logits
                     logits=recipe.export.logits, max_seq_len=recipe.export.max_seq_len, dense=dense,
                     progress=progress)
     print_summary(result, recipe, dense)
+    if with_cache:
+        click.echo(f"  generate: dhsa-generate {result.path.parent} --prompt TEXT  (or og.Model('{result.path.parent}'))")
 
 
 if __name__ == "__main__":

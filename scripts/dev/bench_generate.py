@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--kinds", default="dhsa-genai,dhsa-ort,dense-genai,rerun",
                     help="subset of dhsa-genai, dhsa-ort, dense-genai, dense-ort, rerun")
+    ap.add_argument("--layers", choices=["all", "global", "sliding"], help="override the recipe's DHSA layers")
     ap.add_argument("--work", default="build/bench-generate", help="folder for the exported models")
     ap.add_argument("--out", default="benchmarks/generate-cpu.json")
     args = ap.parse_args()
@@ -71,12 +72,13 @@ def main() -> None:
     if args.provider == "cuda":
         kinds = [k.replace("-genai", "-ort") for k in kinds]  # onnxruntime-genai's CPU package has no CUDA
     stem = Path(args.model).stem if args.model.endswith(".yaml") else args.model
+    stem += f"-layers-{args.layers}" if args.layers else ""
     artefacts = {"dhsa": work / f"{stem}-dhsa", "dense": work / f"{stem}-dense", "rerun": work / f"{stem}-dhsa.onnx"}
     for name, path in artefacts.items():
         if any(k.startswith(name) for k in kinds) and not path.exists():
             cmd = [sys.executable, "-m", "dhsa_export.cli.export", args.model, "--out", str(path)]
             cmd += ["--logits", "last"] if name == "rerun" else ["--with-cache"]
-            cmd += ["--dense"] if name == "dense" else []
+            cmd += ["--dense"] if name == "dense" else (["--layers", args.layers] if args.layers else [])
             subprocess.run(cmd, check=True, cwd=ROOT)
     rows = []
     for seq in (int(x) for x in args.lengths.split(",")):
@@ -97,13 +99,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     import onnxruntime
 
+    sys.path.insert(0, str(ROOT))
     from dhsa_export import recipes
 
     meta_gpu = None
     if args.provider == "cuda":
         meta_gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                                   text=True).stdout.strip()
-    meta = {"model": stem, "dhsa": recipes.load(args.model).dhsa.model_dump(), "date": date.today().isoformat(),
+    meta = {"model": stem, "dhsa": recipes.load(args.model).dhsa.replace(layers=args.layers).model_dump(), "date": date.today().isoformat(),
             "machine": platform.machine(), "cores": os.cpu_count(), "provider": args.provider,
             "onnxruntime": onnxruntime.__version__, "new_tokens": args.new_tokens, "gpu": meta_gpu,
             "input": "random token ids, batch 1, greedy", "kinds": {
