@@ -4,7 +4,8 @@
 module and switches the model to it; no model code is copied or patched. Prefill (a forward whose
 queries are all the keys) runs the `torch.ops.dhsa` ops (boundaries, then selection and attention in
 one op, or as two where selections are shared across layers); any step with a KV cache behind it
-(decode, continuation) runs dense attention through transformers' own sdpa / eager paths.
+(decode, continuation), and any layer type DHSA leaves out, runs dense attention with transformers'
+masks (`dense_attention_forward`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
 
 from .boundary_predictor import BoundaryPredictor, load_predictor
 from .config import DHSAConfig
@@ -71,17 +70,29 @@ def _causal_mask(q_len: int, k_len: int, sliding_window, device) -> torch.Tensor
 
 def dense_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                             sliding_window=None, softcap=None, **kwargs):
-    """Dense attention through transformers: sdpa, or eager when logits are soft-capped (Gemma2)."""
-    if not softcap:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, sliding_window=sliding_window, **kwargs)
-    if attention_mask is None:
-        attention_mask = _causal_mask(query.shape[2], key.shape[2], sliding_window, query.device)
-    if attention_mask.dtype == torch.bool:
-        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~attention_mask, torch.finfo(query.dtype).min)
-    return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                   softcap=softcap, **kwargs)
+    """Dense attention of the layers and calls DHSA leaves dense (cached steps, excluded layer types), with
+    the query heads grouped by their kv head: (B, Hkv, G*S, D) x (B, Hkv, D, K). transformers' sdpa and eager
+    paths repeat every kv head G times first, which an exported graph does as an Expand and a Transpose
+    copying the whole cache per layer and step; here the cache is read in place."""
+    b, hq, s, d = query.shape
+    hkv, k_len = key.shape[1], key.shape[2]
+    groups = hq // hkv
+    scale = scaling if scaling is not None else d**-0.5
+    scores = torch.matmul(query.reshape(b, hkv, groups * s, d), key.transpose(-1, -2)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.reshape(b, hkv, groups, s, k_len)
+    mask = attention_mask
+    if mask is None:
+        mask = _causal_mask(s, k_len, sliding_window, query.device)
+    mask = mask[:, :, None, :, -k_len:]  # (B or 1, 1, 1, S, K): the same for every head
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    out = torch.matmul(probs.reshape(b, hkv, groups * s, k_len), value)
+    return out.reshape(b, hq, s, d).transpose(1, 2).contiguous(), None
 
 
 def _check_unpadded(attention_mask, q_len: int, sliding_window, device) -> None:
