@@ -20,6 +20,7 @@ from .boundary_predictor import BoundaryPredictor, load_predictor
 from .config import DHSAConfig
 from .errors import DHSAError
 from .ops import library as ops
+from .ops import reference
 from .ops.reference import attended_pairs
 
 ATTN_IMPLEMENTATION = "dhsa"
@@ -40,6 +41,10 @@ class DHSARuntime:
     check_padding: bool = True
     # When a dict: layer index -> (attended, visible) (query, key) pairs of the last prefill, for reports.
     sparsity: dict | None = None
+    # Cached steps: "dense" over the cache, or "sparse" (DHSA selection per generated token, docs/ops.md
+    # "Sparse decode"; PyTorch reference only). Sparse decode keeps each DHSA layer's prompt boundaries.
+    decode: str = "dense"
+    prompt: dict = field(default_factory=dict)
 
     def uses_dhsa(self, layer_type: str) -> bool:
         return self.config.layers in ("all", layer_type)
@@ -115,6 +120,8 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
         raise DHSAError("attn_implementation 'dhsa' needs dhsa_export.attention.enable_dhsa(model, config)")
     layer_type = _layer_type(sliding_window)
     q_len, k_len = query.shape[2], key.shape[2]
+    if q_len == 1 < k_len and rt.decode == "sparse" and module.layer_idx in rt.prompt:
+        return _sparse_decode(rt, module, query, key, value, scaling, sliding_window, softcap)
     if q_len != k_len or not rt.uses_dhsa(layer_type):
         return dense_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                        dropout=dropout, sliding_window=sliding_window, softcap=softcap, **kwargs)
@@ -129,7 +136,7 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
     window = int(sliding_window or 0)
     scale = float(scaling if scaling is not None else module.head_dim**-0.5)
     selection = shared.get(("indices", layer_type)) if cfg.share_indices else None
-    out = None
+    out = boundaries = None
     if selection is None:
         boundaries = shared.get("boundaries") if cfg.share_boundaries else None
         if boundaries is None:
@@ -144,6 +151,12 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
             out = ops.select_attention(query, key, value, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
                                        cfg.global_tokens, scale, float(softcap or 0.0), window,
                                        cfg.instruction_tokens)
+    if rt.decode == "sparse" and not torch.compiler.is_compiling():  # the prompt's chunks, for the cached steps
+        if module.layer_idx == rt.first_layer:
+            rt.prompt.clear()
+        if boundaries is None:
+            boundaries = shared.get("boundaries") if cfg.share_boundaries else rt.boundaries(key)
+        rt.prompt[module.layer_idx] = (boundaries, q_len)
     if out is None:
         out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
                                    window, cfg.instruction_tokens)
@@ -155,6 +168,21 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
                                                        cfg.instruction_tokens)
     if module.layer_idx == rt.last_layer:
         shared.clear()
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _sparse_decode(rt: DHSARuntime, module, query, key, value, scaling, sliding_window, softcap):
+    """One generated token's DHSA: the prompt's chunks plus fixed chunks of the generated tail, the
+    prefill's selection rule for a block of one query, attention over the selection."""
+    cfg = rt.config
+    boundaries, prompt_len = rt.prompt[module.layer_idx]
+    window = int(sliding_window or 0)
+    scale = float(scaling if scaling is not None else module.head_dim**-0.5)
+    full = reference.decode_boundaries(boundaries, prompt_len, key.shape[2],
+                                       reference.decode_chunk_size(cfg.block_size, cfg.chunk_beta))
+    indices, counts = reference.decode_select_keys(query, key, full, cfg.budget, cfg.local_tokens,
+                                                   cfg.global_tokens, window)
+    out = reference.decode_attention(query, key, value, indices, counts, scale, float(softcap or 0.0), window)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -188,8 +216,12 @@ def check_supported(model) -> None:
                         f"Gemma3ForCausalLM (gemma3_text)")
 
 
-def enable_dhsa(model, config: DHSAConfig, predictor: BoundaryPredictor | None = None) -> DHSARuntime:
-    """Switch `model` to DHSA attention with `config`; returns the shared runtime."""
+def enable_dhsa(model, config: DHSAConfig, predictor: BoundaryPredictor | None = None,
+                decode: str = "dense") -> DHSARuntime:
+    """Switch `model` to DHSA attention with `config`; returns the shared runtime. decode="sparse" makes
+    cached single-token steps sparse too (docs/ops.md, "Sparse decode")."""
+    if decode not in ("dense", "sparse"):
+        raise DHSAError(f"decode must be 'dense' or 'sparse', got {decode!r}")
     check_supported(model)
     register()
     text = _text_config(model)
@@ -200,7 +232,8 @@ def enable_dhsa(model, config: DHSAConfig, predictor: BoundaryPredictor | None =
     if config.boundary_method == "learned" and predictor is None:
         predictor = load_predictor(config.predictor_path, text.num_key_value_heads * text.head_dim,
                                    window=config.boundary_window)
-    rt = DHSARuntime(config=config, first_layer=dhsa_layers[0], last_layer=dhsa_layers[-1], predictor=predictor)
+    rt = DHSARuntime(config=config, first_layer=dhsa_layers[0], last_layer=dhsa_layers[-1], predictor=predictor,
+                     decode=decode)
     for module in attention_modules(model):
         module.dhsa_runtime = rt
     model.set_attn_implementation(ATTN_IMPLEMENTATION)

@@ -117,3 +117,42 @@ def sparse_attention(query, key, value, selected, block_size: int, scale: float,
     logits = logits.masked_fill(~mask[:, None], float("-inf"))
     p = torch.softmax(logits, -1).nan_to_num(0.0)
     return p @ v
+
+
+def decode(query, key, value, prompt_boundaries: list[list[int]], prompt_len: int, tail_chunk: int, budget: int,
+           local_tokens: int, global_tokens: int, sliding_window: int, scale: float, softcap: float):
+    """Sparse decode of the newest position from the written rules, in float64: (selected lists per sample,
+    output (B, Hq, 1, D))."""
+    b, hq, _, d = query.shape
+    hkv, seq = key.shape[1], key.shape[2]
+    t = seq - 1
+    out = torch.zeros((b, hq, 1, d), dtype=torch.float64)
+    selected = []
+    for i in range(b):
+        cuts = list(prompt_boundaries[i]) + list(range(prompt_len + tail_chunk, seq, tail_chunk))
+        cuts += [seq] if seq > prompt_len else []
+        q = query[i, :, 0].double().mean(0)
+        kbar = key[i].double().mean(0)
+
+        def score(j):
+            c = max(c for c in range(len(cuts) - 1) if cuts[c] <= j < cuts[c + 1])
+            lo_c, hi_c = cuts[c], cuts[c + 1]
+            return float(q @ (kbar[lo_c:hi_c].sum(0) / math.sqrt(hi_c - lo_c)))
+
+        lo = max(0, t - sliding_window + 1) if sliding_window > 0 else 0
+        eligible = list(range(lo, seq))
+        if len(eligible) <= budget:
+            keys = eligible
+        else:
+            forced = set(range(lo, lo + global_tokens)) | set(range(seq - local_tokens, seq))
+            rest = sorted((j for j in eligible if j not in forced), key=lambda j: (-score(j), -j))
+            keys = sorted(forced | set(rest[: budget - len(forced)]))
+        selected.append(keys)
+        for h in range(hq):
+            kv = h // (hq // hkv)
+            ks, vs = key[i, kv, keys].double(), value[i, kv, keys].double()
+            x = ks @ query[i, h, 0].double() * scale
+            if softcap > 0:
+                x = torch.tanh(x / softcap) * softcap
+            out[i, h, 0] = torch.softmax(x, 0) @ vs
+    return selected, out

@@ -176,6 +176,12 @@ def chunk_representations(key: torch.Tensor, boundaries: torch.Tensor) -> torch.
     return ((end - start) / length.sqrt()).float()
 
 
+def _chunk_of(boundaries: torch.Tensor, seq: int) -> torch.Tensor:
+    """(B, L): the chunk each key position belongs to."""
+    pos = torch.arange(seq, device=boundaries.device).expand(boundaries.shape[0], seq).contiguous()
+    return torch.searchsorted(boundaries.long(), pos, right=True) - 1
+
+
 def query_block_representations(query: torch.Tensor, s: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """q_i = mean of head-averaged queries over the block's sparse queries; (B, nQB, D) float32."""
     qbar = query.float().mean(1)
@@ -216,31 +222,40 @@ def select_keys(query: torch.Tensor, key: torch.Tensor, boundaries: torch.Tensor
     nqb = num_query_blocks(seq, block_size)
     _, _, lo, hi = block_ranges(seq, block_size, sliding_window, instruction_tokens, dev)
     chunk_scores = selection_scores(query, key, boundaries, block_size, instruction_tokens)
-    pos = torch.arange(seq, device=dev)
-    chunk_of = torch.searchsorted(boundaries.long(), pos.expand(b, seq).contiguous(), right=True) - 1
+    chunk_of = _chunk_of(boundaries, seq)
 
     indices = torch.full((b, nqb, budget), -1, dtype=torch.int32, device=dev)
     counts = torch.zeros((b, nqb), dtype=torch.int32, device=dev)
     group = max(1, _GROUP_ELEMS // max(1, b * seq))
-    flip = torch.arange(seq - 1, -1, -1, device=dev)
     for g0 in range(0, nqb, group):
         g1 = min(nqb, g0 + group)
-        glo, ghi = lo[g0:g1, None], hi[g0:g1, None]
-        eligible = (pos >= glo) & (pos < ghi)  # (G, L)
-        forced = eligible & ((pos < glo + global_tokens) | (pos >= ghi - local_tokens))
         tok = torch.gather(chunk_scores[:, g0:g1], 2, chunk_of[:, None, :].expand(-1, g1 - g0, -1))
-        prio = torch.where(forced, float("inf"), torch.where(eligible, tok, NEG_INF))
-        # Order: priority descending, ties to the larger key index (stable sort on the flipped axis).
-        order = flip[torch.sort(prio[..., flip], dim=-1, descending=True, stable=True).indices]
-        n_elig = (ghi - glo).clamp_min(0)[:, 0]
-        cnt = torch.clamp(n_elig, max=budget)  # (G,)
-        keep = torch.arange(budget, device=dev) < cnt[:, None]
-        width = min(budget, seq)
-        sel = torch.where(keep[:, :width], order[..., :width], seq)  # seq sorts after real indices
-        sel = torch.sort(sel, dim=-1).values
-        indices[:, g0:g1, :width] = torch.where(sel == seq, -1, sel).to(torch.int32)
-        counts[:, g0:g1] = cnt.to(torch.int32)
+        indices[:, g0:g1], counts[:, g0:g1] = _pick(tok, lo[g0:g1], hi[g0:g1], budget, local_tokens, global_tokens)
     return indices, counts
+
+
+def _pick(tok: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, budget: int, local_tokens: int,
+          global_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The budgeted choice for G query blocks from each key's score tok (B, G, L) and each block's eligible
+    range [lo, hi) (G,): (indices (B, G, budget) ascending, -1-padded; counts (G,) broadcast to (B, G))."""
+    b, g, seq = tok.shape
+    dev = tok.device
+    pos = torch.arange(seq, device=dev)
+    glo, ghi = lo[:, None], hi[:, None]
+    eligible = (pos >= glo) & (pos < ghi)  # (G, L)
+    forced = eligible & ((pos < glo + global_tokens) | (pos >= ghi - local_tokens))
+    prio = torch.where(forced, float("inf"), torch.where(eligible, tok, NEG_INF))
+    # Order: priority descending, ties to the larger key index (stable sort on the flipped axis).
+    flip = torch.arange(seq - 1, -1, -1, device=dev)
+    order = flip[torch.sort(prio[..., flip], dim=-1, descending=True, stable=True).indices]
+    cnt = torch.clamp((hi - lo).clamp_min(0), max=budget)  # (G,)
+    keep = torch.arange(budget, device=dev) < cnt[:, None]
+    width = min(budget, seq)
+    sel = torch.where(keep[:, :width], order[..., :width], seq)  # seq sorts after real indices
+    sel = torch.sort(sel, dim=-1).values
+    indices = torch.full((b, g, budget), -1, dtype=torch.int32, device=dev)
+    indices[..., :width] = torch.where(sel == seq, -1, sel).to(torch.int32)
+    return indices, cnt.to(torch.int32).expand(b, g)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +348,72 @@ def sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         o = _masked_softmax_av(logits, allowed, vf[:, :, None])
         out.view(b, hkv, g, seq, d)[:, :, :, tail0:] = o
     return out.to(query.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse decode: one query against the cache (docs/ops.md, "Sparse decode")
+# --------------------------------------------------------------------------------------------
+
+
+def decode_chunk_size(block_size: int, chunk_beta: int) -> int:
+    """Length of the chunks generated tokens form: the prompt's average chunk length at full chunk
+    budget (b / beta), so generated text is summarised as finely as the prompt."""
+    return max(1, block_size // chunk_beta)
+
+
+def decode_boundaries(prompt_boundaries: torch.Tensor, prompt_len: int, cache_len: int,
+                      tail_chunk: int) -> torch.Tensor:
+    """The cache's chunk boundaries: the prompt's (B, N + 1) row over [0, prompt_len), then fixed chunks of
+    `tail_chunk` tokens from prompt_len on, the last one open (ending at cache_len). (B, N + 1 + T) int32."""
+    b = prompt_boundaries.shape[0]
+    dev = prompt_boundaries.device
+    cuts = torch.arange(prompt_len + tail_chunk, max(cache_len, prompt_len + tail_chunk), tail_chunk, device=dev)
+    tail = torch.cat([cuts, torch.tensor([cache_len], device=dev)]) if cache_len > prompt_len else cuts
+    return torch.cat([prompt_boundaries.to(torch.int32), tail.to(torch.int32).expand(b, -1)], dim=1)
+
+
+def decode_select_keys(query: torch.Tensor, key: torch.Tensor, boundaries: torch.Tensor, budget: int,
+                       local_tokens: int, global_tokens: int, sliding_window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selection for the newest position t = K - 1 (query (B, Hq, 1, D), key (B, Hkv, K, D), boundaries
+    (B, M + 1) over [0, K)): the prefill rule for a query block made of that one query. Returns indices
+    (B, budget) ascending, -1-padded, and counts (B,)."""
+    op = "DhsaDecodeSelect"
+    _require(query.dim() == 4 and query.shape[2] == 1, op, f"query must be (B, Hq, 1, D), got {tuple(query.shape)}")
+    b, _, _, d = query.shape
+    seq = key.shape[2]
+    _require(key.dim() == 4 and key.shape[0] == b and key.shape[3] == d and seq >= 1, op,
+             f"key {tuple(key.shape)} does not match query {tuple(query.shape)}")
+    _require(budget >= local_tokens + global_tokens and budget >= 1, op, "budget must be >= max(1, local + global)")
+    check_boundaries(boundaries, b, seq, op)
+    t = seq - 1
+    lo = max(0, t - sliding_window + 1) if sliding_window > 0 else 0
+    reps = chunk_representations(key, boundaries)  # (B, M, D)
+    scores = (reps @ query.float().mean(1)[:, 0, :, None])[..., 0]  # (B, M)
+    tok = torch.gather(scores, 1, _chunk_of(boundaries, seq))[:, None]  # (B, 1, K)
+    dev = query.device
+    indices, counts = _pick(tok, torch.tensor([lo], device=dev), torch.tensor([seq], device=dev), budget,
+                            local_tokens, global_tokens)
+    return indices[:, 0], counts[:, 0]
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, indices: torch.Tensor,
+                     counts: torch.Tensor, scale: float, softcap: float, sliding_window: int) -> torch.Tensor:
+    """Attention of the newest position's queries (B, Hq, 1, D) over the selected cache keys (indices
+    (B, Nb), counts (B,)); visibility, soft-cap and GQA as in DhsaSparseAttention. (B, Hq, 1, D)."""
+    b, hq, _, d = query.shape
+    hkv, seq = key.shape[1], key.shape[2]
+    nb = indices.shape[1]
+    t = seq - 1
+    idx = indices.long()
+    allowed = (torch.arange(nb, device=query.device) < counts[:, None].long()) & (idx >= 0) & (idx <= t)
+    if sliding_window > 0:
+        allowed &= idx > t - sliding_window
+    take = idx.clamp(0, seq - 1)[:, None, :, None].expand(-1, hkv, -1, d)
+    ks, vs = torch.gather(key.float(), 2, take), torch.gather(value.float(), 2, take)  # (B, Hkv, Nb, D)
+    q = query.float().view(b, hkv, hq // hkv, 1, d)
+    logits = _logits(q, ks[:, :, None], scale, softcap)  # (B, Hkv, g, 1, Nb)
+    out = _masked_softmax_av(logits, allowed[:, None, None, None, :], vs[:, :, None])
+    return out.reshape(b, hq, 1, d).to(query.dtype)
 
 
 # --------------------------------------------------------------------------------------------
