@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import resource
 import time
 import warnings
@@ -28,7 +27,7 @@ from transformers import DynamicCache
 from . import __version__
 from .attention import enable_dhsa
 from .errors import DHSAError
-from .files import EXTERNAL_DATA_THRESHOLD, publish_onnx
+from .files import EXTERNAL_DATA_THRESHOLD, check_writable_parent, publish_onnx
 from .loading import load
 from .onnx import cached_graph, plugin_ops, portable_ops, schemas
 from .ops.spec import ALL_OPS, DOMAIN, OPSET_VERSION
@@ -148,11 +147,7 @@ def check_output_path(out: Path) -> None:
         raise DHSAError(f"output {out} must end in .onnx")
     if out.is_dir():
         raise DHSAError(f"output {out} is a directory; give a file name like {out}/model.onnx")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise DHSAError(f"output folder {parent} does not exist; create it or choose another --out")
-    if not os.access(parent, os.W_OK):
-        raise DHSAError(f"output folder {parent} is not writable; choose another --out")
+    check_writable_parent(out)
 
 
 def _value_info(v) -> tuple[str, str, list]:
@@ -213,8 +208,8 @@ def _trace(recipe: Recipe, wrapper: nn.Module, args: tuple, dynamic_shapes, flav
             raise RuntimeError(f"torch.onnx.export failed while tracing {recipe.name}: {err}") from err
 
 
-def _save(model_or_program, out: Path, external: bool, progress: Progress) -> Path | None:
-    """Write and check `out` (atomically, see files.publish_onnx); returns the external-data file, if any."""
+def _save(model_or_program, out: Path, external: bool, progress: Progress) -> None:
+    """Write and check `out` (atomically, see files.publish_onnx)."""
     progress(f"saving {'with external data ' if external else ''}to {out}")
 
     def check(tmp_onnx: Path) -> None:
@@ -231,13 +226,12 @@ def _save(model_or_program, out: Path, external: bool, progress: Progress) -> Pa
     pending = [model_or_program]  # released once saved: the check loads the model again
     del model_or_program
     publish_onnx(out, save, check)
-    proto = onnx.load(str(out), load_external_data=False)
-    return next((out.parent / e.value for t in proto.graph.initializer for e in t.external_data
-                 if e.key == "location"), None)
 
 
-def _result(out: Path, data_path: Path | None, t0: float, meta: dict[str, str]) -> ExportResult:
+def _result(out: Path, t0: float, meta: dict[str, str]) -> ExportResult:
     proto = onnx.load(str(out), load_external_data=False)
+    data_path = next((out.parent / e.value for t in proto.graph.initializer for e in t.external_data
+                      if e.key == "location"), None)
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in cached_graph.all_nodes(proto.graph))
     return ExportResult(
         path=out, data_path=data_path, op_counts=dict(ops.most_common()),
@@ -269,8 +263,8 @@ def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dt
         program.model.metadata_props[k] = v
     external = _external(model)
     del model
-    data_path = _save(program, out, external, progress)
-    return _result(out, data_path, t0, meta)
+    _save(program, out, external, progress)
+    return _result(out, t0, meta)
 
 
 def export_cached(recipe: Recipe, out_dir: str | Path, *, model_path: str | None = None, dtype: str = "fp32",
@@ -309,11 +303,9 @@ def export_cached(recipe: Recipe, out_dir: str | Path, *, model_path: str | None
         merged.metadata_props[k] = v
     external = _external(model)
 
-    def fill(folder: Path) -> Path | None:
-        data = _save(merged, folder / model_folder.MODEL_FILE, external, progress)
+    def fill(folder: Path) -> None:
+        _save(merged, folder / model_folder.MODEL_FILE, external, progress)
         model_folder.write_companions(folder, recipe, model, loaded.tokenizer, flavour, dtype, max_seq_len, meta)
-        return data
 
-    data_path = model_folder.publish(out_dir, fill)
-    final = out_dir / model_folder.MODEL_FILE
-    return _result(final, data_path and out_dir / data_path.name, t0, meta)
+    model_folder.publish(out_dir, fill)
+    return _result(out_dir / model_folder.MODEL_FILE, t0, meta)

@@ -9,8 +9,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import DHSAError
+
 # Weights above this go to an external-data file beside the .onnx (protobuf caps a file at 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 256 << 20
+
+
+def check_writable_parent(out: Path) -> None:
+    """The folder `out` will be written into exists and is writable (one error line naming the fix)."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise DHSAError(f"output folder {parent} does not exist; create it or choose another --out")
+    if not os.access(parent, os.W_OK):
+        raise DHSAError(f"output folder {parent} is not writable; choose another --out")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

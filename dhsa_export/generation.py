@@ -81,7 +81,6 @@ class OrtLoop:
         first = inputs[self.past_names[0]]
         self.kv_shape = [d if isinstance(d, int) else None for d in first.shape]
         elem = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(first.type)
-        self._empty = None
         if elem is not None:
             self._empty = lambda: ort.OrtValue.ortvalue_from_numpy(
                 np.zeros((1, self.kv_shape[1], 0, self.kv_shape[3]), dtype=elem))

@@ -26,7 +26,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import DHSAError
-from .files import sha256
+from .files import check_writable_parent, sha256
 from .native import ORT_LIBRARY, ort_library
 
 MODEL_FILE = "model.onnx"
@@ -42,11 +42,7 @@ def check_output_folder(out: str | Path) -> Path:
         raise DHSAError(f"--with-cache writes a folder; {out} is a file name (give a folder like out/gemma3-270m)")
     if out.is_dir() and any(out.iterdir()) and not (out / RECORD).is_file():
         raise DHSAError(f"{out} is a non-empty folder that holds no dhsa-export model; choose a new or empty folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise DHSAError(f"folder {parent} does not exist; create it or choose another --out")
-    if not os.access(parent, os.W_OK):
-        raise DHSAError(f"folder {parent} is not writable; choose another --out")
+    check_writable_parent(out)
     return out
 
 
@@ -119,20 +115,19 @@ def write_companions(folder: Path, recipe, model, tokenizer, flavour: str, dtype
     (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def publish(out: Path, fill: Callable[[Path], object]):
+def publish(out: Path, fill: Callable[[Path], None]) -> None:
     """fill(tmp) writes the folder's files into a private folder beside `out`, which then takes `out`'s place
-    (an earlier export there is replaced only once the new one is complete). Returns fill's result."""
+    (an earlier export there is replaced only once the new one is complete)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     old = None
     try:
-        result = fill(tmp)
+        fill(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
             os.replace(out, old / out.name)
         os.replace(tmp, out)
-        return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
