@@ -17,6 +17,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .boundary_predictor import BoundaryPredictor, load_predictor
+from . import decode_state
 from .config import DHSAConfig
 from .errors import DHSAError
 from .ops import library as ops
@@ -42,9 +43,10 @@ class DHSARuntime:
     # When a dict: layer index -> (attended, visible) (query, key) pairs of the last prefill, for reports.
     sparsity: dict | None = None
     # Cached steps: "dense" over the cache, or "sparse" (DHSA selection per generated token, docs/ops.md
-    # "Sparse decode"; PyTorch reference only). Sparse decode keeps each DHSA layer's prompt boundaries.
+    # "Sparse decode"). Sparse decode keeps, per DHSA layer, the chunk state of its cache
+    # (decode_state.py: boundaries, chunk sums), set by the prompt's prefill and extended by every step.
     decode: str = "dense"
-    prompt: dict = field(default_factory=dict)
+    chunk_state: dict = field(default_factory=dict)
 
     def uses_dhsa(self, layer_type: str) -> bool:
         return self.config.layers in ("all", layer_type)
@@ -120,7 +122,7 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
         raise DHSAError("attn_implementation 'dhsa' needs dhsa_export.attention.enable_dhsa(model, config)")
     layer_type = _layer_type(sliding_window)
     q_len, k_len = query.shape[2], key.shape[2]
-    if q_len == 1 < k_len and rt.decode == "sparse" and module.layer_idx in rt.prompt:
+    if q_len == 1 < k_len and rt.decode == "sparse" and module.layer_idx in rt.chunk_state:
         return _sparse_decode(rt, module, query, key, value, scaling, sliding_window, softcap)
     if q_len != k_len or not rt.uses_dhsa(layer_type):
         return dense_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
@@ -151,12 +153,12 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
             out = ops.select_attention(query, key, value, boundaries, cfg.block_size, cfg.budget, cfg.local_tokens,
                                        cfg.global_tokens, scale, float(softcap or 0.0), window,
                                        cfg.instruction_tokens)
-    if rt.decode == "sparse" and not torch.compiler.is_compiling():  # the prompt's chunks, for the cached steps
+    if rt.decode == "sparse":  # the prompt's chunks and their key sums, for the cached steps
         if module.layer_idx == rt.first_layer:
-            rt.prompt.clear()
+            rt.chunk_state.clear()
         if boundaries is None:
             boundaries = shared.get("boundaries") if cfg.share_boundaries else rt.boundaries(key)
-        rt.prompt[module.layer_idx] = (boundaries, q_len)
+        rt.chunk_state[module.layer_idx] = decode_state.prompt_state(key, boundaries)
     if out is None:
         out = ops.sparse_attention(query, key, value, *selection, cfg.block_size, scale, float(softcap or 0.0),
                                    window, cfg.instruction_tokens)
@@ -172,17 +174,16 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
 
 
 def _sparse_decode(rt: DHSARuntime, module, query, key, value, scaling, sliding_window, softcap):
-    """One generated token's DHSA: the prompt's chunks plus fixed chunks of the generated tail, the
-    prefill's selection rule for a block of one query, attention over the selection."""
+    """One generated token's DHSA (torch.ops.dhsa.decode_attention) over the cache, its layer's chunk
+    state extended by the new key first."""
     cfg = rt.config
-    boundaries, prompt_len = rt.prompt[module.layer_idx]
+    chunk = reference.decode_chunk_size(cfg.block_size, cfg.chunk_beta)
+    boundaries, sums = decode_state.step_state(*rt.chunk_state[module.layer_idx], key[:, :, -1:], chunk)
+    rt.chunk_state[module.layer_idx] = (boundaries, sums)
     window = int(sliding_window or 0)
     scale = float(scaling if scaling is not None else module.head_dim**-0.5)
-    full = reference.decode_boundaries(boundaries, prompt_len, key.shape[2],
-                                       reference.decode_chunk_size(cfg.block_size, cfg.chunk_beta))
-    indices, counts = reference.decode_select_keys(query, key, full, cfg.budget, cfg.local_tokens,
-                                                   cfg.global_tokens, window)
-    out = reference.decode_attention(query, key, value, indices, counts, scale, float(softcap or 0.0), window)
+    out = ops.decode_attention(query, key, value, boundaries, sums, cfg.step_budget, cfg.local_tokens,
+                               cfg.global_tokens, scale, float(softcap or 0.0), window)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -217,9 +218,10 @@ def check_supported(model) -> None:
 
 
 def enable_dhsa(model, config: DHSAConfig, predictor: BoundaryPredictor | None = None,
-                decode: str = "dense") -> DHSARuntime:
+                decode: str | None = None) -> DHSARuntime:
     """Switch `model` to DHSA attention with `config`; returns the shared runtime. decode="sparse" makes
-    cached single-token steps sparse too (docs/ops.md, "Sparse decode")."""
+    cached single-token steps sparse too (docs/ops.md, "Sparse decode"); None: config.decode."""
+    decode = decode or config.decode
     if decode not in ("dense", "sparse"):
         raise DHSAError(f"decode must be 'dense' or 'sparse', got {decode!r}")
     check_supported(model)

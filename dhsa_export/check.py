@@ -378,8 +378,8 @@ def compare(recipe: Recipe, loaded, deployed: Callable[[np.ndarray], list[np.nda
 def compare_cached(recipe: Recipe, loaded, loop, *, artefact: str, precision: str,
                    inputs: list[tuple[str, np.ndarray]], greedy_tokens: int, gates: Gates,
                    progress=lambda _: None) -> Report:
-    """A cached export folder against the PyTorch model run the same way (DHSA prefill, then cached dense
-    steps), one sequence at a time. Each sequence's `greedy_tokens` steps are teacher-forced with the
+    """A cached export folder against the PyTorch model run the same way (DHSA prefill, then cached steps,
+    dense or sparse as the folder decodes), one sequence at a time. Each sequence's `greedy_tokens` steps are teacher-forced with the
     reference's own greedy tokens: the greedy gate is the share of steps whose deployed argmax equals
     them, and the logits gates compare every step's logits (the prompt's last position and each
     generated one)."""
@@ -392,8 +392,8 @@ def compare_cached(recipe: Recipe, loaded, loop, *, artefact: str, precision: st
     for name, ids in inputs:
         for b, row in enumerate(ids):
             label = name if ids.shape[0] == 1 else f"{name} [{b}]"
-            enable_dhsa(model, recipe.dhsa)
-            progress(f"{label}: PyTorch DHSA prefill + {n} cached greedy steps")
+            enable_dhsa(model, recipe.dhsa, decode=loop.folder.decode)
+            progress(f"{label}: PyTorch DHSA prefill + {n} cached greedy steps ({loop.folder.decode} decode)")
             ref_tokens, ref_rows = lm.cached_greedy(row, n)
             progress(f"{label}: deployed prefill + {n} cached steps ({loop.name}), teacher-forced")
             got = loop.generate(row, n, forced=ref_tokens, keep_logits=True, stop_at_eos=False)

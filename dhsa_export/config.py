@@ -44,6 +44,10 @@ class DHSAConfig(_Strict):
     share_boundaries: bool = Field(True, description="compute boundaries once, at the first DHSA layer")
     share_indices: bool = Field(False, description="reuse selections across layers of one type")
     layers: LayerSelection = Field("all", description="which layer types use DHSA; others stay dense")
+    decode: Literal["dense", "sparse"] = Field("dense", description="cached single-token steps: dense over the "
+                                               "cache, or sparse decode (docs/ops.md)")
+    decode_budget: int | None = Field(None, ge=1, description="keys each generated token attends to under sparse "
+                                      "decode; None: budget")
 
     @model_validator(mode="after")
     def _check(self) -> DHSAConfig:
@@ -62,9 +66,19 @@ class DHSAConfig(_Strict):
                 f"chunk_size {self.chunk_size} too small: chunk_size * chunk_beta must be >= block_size "
                 f"({self.block_size})"
             )
+        if self.decode_budget is not None and self.decode_budget < self.local_tokens + self.global_tokens:
+            raise ValueError(
+                f"decode_budget {self.decode_budget} < local_tokens + global_tokens "
+                f"({self.local_tokens} + {self.global_tokens}); raise decode_budget or lower them"
+            )
         if self.boundary_method == "learned" and not self.predictor_path:
             raise ValueError("boundary_method 'learned' needs predictor_path (a checkpoint file)")
         return self
+
+    @property
+    def step_budget(self) -> int:
+        """Keys a sparse-decode step keeps."""
+        return self.decode_budget if self.decode_budget is not None else self.budget
 
     @property
     def threshold(self) -> float:

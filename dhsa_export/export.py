@@ -25,7 +25,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from . import __version__
-from .attention import enable_dhsa
+from .attention import attention_modules, enable_dhsa, layer_types
 from .errors import DHSAError
 from .files import EXTERNAL_DATA_THRESHOLD, check_writable_parent, publish_onnx
 from .loading import load
@@ -68,20 +68,34 @@ class LogitsModel(nn.Module):
 
 
 class CachedLM(nn.Module):
-    """(input_ids, past) -> (logits, present): one forward with a KV cache, past and present as one
-    (key, value) pair per layer of shape (B, Hkv, P, D). Every layer keeps its whole history (sliding-window
-    layers mask it), so all caches have the same length, as onnxruntime-genai expects."""
+    """(input_ids, past[, state]) -> (logits, present[, state]): one forward with a KV cache, past and
+    present as one (key, value) pair per layer of shape (B, Hkv, P, D). Every layer keeps its whole history
+    (sliding-window layers mask it), so all caches have the same length, as onnxruntime-genai expects.
+    With sparse decode, `state` is the chunk state (boundaries, chunk_sums) of each layer of `state_layers`
+    (decode_state.py): set by the prefill, extended by each cached step."""
 
-    def __init__(self, model: nn.Module, logits: str):
+    def __init__(self, model: nn.Module, logits: str, state_layers: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
         self.keep = 1 if logits == "last" else 0
+        self.state_layers = state_layers
+        self.runtime = next((m.dhsa_runtime for m in attention_modules(model) if hasattr(m, "dhsa_runtime")), None) \
+            if state_layers else None
 
-    def forward(self, input_ids: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]]):
+    def forward(self, input_ids: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]],
+                state: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
         cache = DynamicCache(past) if past else DynamicCache()
+        if self.runtime is not None:
+            self.runtime.chunk_state.clear()
+            self.runtime.chunk_state.update(zip(self.state_layers, state or []))
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=self.keep,
                          **cache_kwargs(self.model, cache))
-        return out.logits, [(layer.keys, layer.values) for layer in cache.layers]
+        present = [(layer.keys, layer.values) for layer in cache.layers]
+        if self.runtime is None:
+            return out.logits, present
+        new_state = [self.runtime.chunk_state[i] for i in self.state_layers]
+        self.runtime.chunk_state.clear()  # no traced tensor outlives the trace
+        return out.logits, present, new_state
 
 
 class HalfLinear(nn.Module):
@@ -136,10 +150,7 @@ def to_half(model) -> nn.Module:
 
 def translation_table(flavour: OpsFlavour) -> dict:
     impl = plugin_ops if flavour == "plugin" else portable_ops
-    return {torch.ops.dhsa.chunk_boundaries.default: impl.chunk_boundaries,
-            torch.ops.dhsa.select_keys.default: impl.select_keys,
-            torch.ops.dhsa.sparse_attention.default: impl.sparse_attention,
-            torch.ops.dhsa.select_attention.default: impl.select_attention}
+    return {getattr(torch.ops.dhsa, s.torch_name).default: getattr(impl, s.torch_name) for s in ALL_OPS}
 
 
 def check_output_path(out: Path) -> None:
@@ -175,7 +186,7 @@ def _metadata(recipe: Recipe, flavour: str, dtype: str, dense: bool, source: str
 
 
 def _prepare(recipe: Recipe, model_path, dtype: str, max_seq_len: int | None, dense: bool, progress: Progress,
-             loaded):
+             loaded, decode: str = "dense"):
     """The model to trace, with DHSA attention unless dense; returns (model, loaded, max_seq_len)."""
     max_seq_len = max_seq_len or recipe.export.max_seq_len
     if max_seq_len < recipe.dhsa.block_size:
@@ -188,7 +199,7 @@ def _prepare(recipe: Recipe, model_path, dtype: str, max_seq_len: int | None, de
         progress("fp16: linear layers and embeddings in fp16, residual stream / norms / attention in fp32")
         model = to_half(model if owned else copy.deepcopy(model))  # never alter a caller's model
     if not dense:
-        enable_dhsa(model, recipe.dhsa)
+        enable_dhsa(model, recipe.dhsa, decode=decode)
     schemas.register()
     # torch's exporter warns about unrelated optional packages (torchvision) and deprecated pytree names.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -269,36 +280,56 @@ def export(recipe: Recipe, out: str | Path, *, model_path: str | None = None, dt
 
 def export_cached(recipe: Recipe, out_dir: str | Path, *, model_path: str | None = None, dtype: str = "fp32",
                   flavour: OpsFlavour = "plugin", logits: str = "last", max_seq_len: int | None = None,
-                  dense: bool = False, progress: Progress = lambda _: None, loaded=None) -> ExportResult:
+                  dense: bool = False, decode: str | None = None, progress: Progress = lambda _: None,
+                  loaded=None) -> ExportResult:
     """Export `recipe`'s model with a KV cache into the folder `out_dir` (model_folder.py has its layout):
     one graph (input_ids, past_key_values.N.key/value) -> (logits, present.N.key/value) whose prompt
-    prefill runs DHSA and whose cached calls attend densely (onnx/cached_graph.py)."""
+    prefill runs DHSA and whose cached calls attend densely (onnx/cached_graph.py). decode="sparse": the
+    cached calls (one token each) run DhsaDecodeAttention in the DHSA layers, and each such layer carries its
+    chunk state as past.dhsa.N.* -> present.dhsa.N.* (decode_state.py)."""
     from . import model_folder
 
+    decode = decode or recipe.dhsa.decode
+    if decode not in ("dense", "sparse"):
+        raise DHSAError(f"decode must be 'dense' or 'sparse', got {decode!r}")
+    if decode == "sparse" and dense:
+        decode = "dense"  # the dense baseline has no DHSA layer to decode sparsely
     t0 = time.perf_counter()
     out_dir = model_folder.check_output_folder(out_dir)
-    model, loaded, max_seq_len = _prepare(recipe, model_path, dtype, max_seq_len, dense, progress, loaded)
+    model, loaded, max_seq_len = _prepare(recipe, model_path, dtype, max_seq_len, dense, progress, loaded, decode)
     text = model.config.get_text_config()
-    layers, kv_heads = text.num_hidden_layers, text.num_key_value_heads
+    layers, kv_heads, dim = text.num_hidden_layers, text.num_key_value_heads, text.head_dim
     batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=max_seq_len)
     past_len = torch.export.Dim("past", min=1, max=max_seq_len)
     kv_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    wrapper = CachedLM(model, logits)
-    outputs = ["logits", *cached_graph.present_names(layers)]
+    state_layers = tuple(i for i, t in enumerate(layer_types(model)) if recipe.dhsa.layers in ("all", t)) \
+        if decode == "sparse" else ()
+    wrapper = CachedLM(model, logits, state_layers)
+    outputs = ["logits", *cached_graph.present_names(layers), *cached_graph.state_names("present", state_layers)]
 
     prompt = torch.randint(0, text.vocab_size, (2, min(max_seq_len, 2 * recipe.dhsa.block_size + 3)))
     progress(f"tracing the prefill ({flavour} ops, {dtype}, logits={logits}, prompt <= {max_seq_len})")
     prefill = _trace(recipe, wrapper, (prompt, []), ({0: batch, 1: seq}, []), flavour, ["input_ids"], outputs)
 
-    past = [tuple(torch.randn(2, kv_heads, 7, text.head_dim, dtype=kv_dtype) for _ in range(2)) for _ in range(layers)]
-    progress("tracing the cached step (dense attention over the cache)")
-    decode = _trace(recipe, wrapper, (prompt[:, :3], past),
-                    ({0: batch, 1: seq}, [({0: batch, 2: past_len}, {0: batch, 2: past_len})] * layers), flavour,
-                    ["input_ids", *cached_graph.past_names(layers)], outputs)
-    merged = cached_graph.merge(prefill.model, decode.model, layers)
-    del prefill, decode
+    past = [tuple(torch.randn(2, kv_heads, 7, dim, dtype=kv_dtype) for _ in range(2)) for _ in range(layers)]
+    past_shapes = [({0: batch, 2: past_len}, {0: batch, 2: past_len})] * layers
+    inputs = ["input_ids", *cached_graph.past_names(layers)]
+    if state_layers:  # one token per cached call; the state's chunk count M is free
+        chunks = torch.export.Dim("chunks", min=2, max=max_seq_len + 1)
+        state = [(torch.tensor([[0, 4, 7, 7]] * 2, dtype=torch.int32), torch.randn(2, 3, dim)) for _ in state_layers]
+        progress("tracing the cached step (one token, sparse decode in the DHSA layers)")
+        decode_prog = _trace(recipe, wrapper, (prompt[:, :1], past, state),
+                             ({0: batch}, past_shapes, [({0: batch, 1: chunks + 1}, {0: batch, 1: chunks})] *
+                              len(state_layers)), flavour,
+                             inputs + cached_graph.state_names("past", state_layers), outputs)
+    else:
+        progress("tracing the cached step (dense attention over the cache)")
+        decode_prog = _trace(recipe, wrapper, (prompt[:, :3], past), ({0: batch, 1: seq}, past_shapes), flavour,
+                             inputs, outputs)
+    merged = cached_graph.merge(prefill.model, decode_prog.model, layers, state_layers)
+    del prefill, decode_prog
     meta = _metadata(recipe, flavour, dtype, dense, loaded.source.description)
-    meta.update(model_folder.cache_metadata(max_seq_len))
+    meta.update(model_folder.cache_metadata(max_seq_len, decode, state_layers))
     for k, v in meta.items():
         merged.metadata_props[k] = v
     external = _external(model)

@@ -75,18 +75,14 @@ class OrtLoop:
         self.folder, self.provider = folder, provider
         self.session = ort_session(folder.onnx_path, provider, threads=threads, library=folder.library)
         self.device = "cuda" if provider == "cuda" else "cpu"
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        inputs = [i for i in self.session.get_inputs() if i.name != "input_ids"]
+        # The KV cache, then (sparse decode) the DHSA layers' chunk state, in the order of the outputs.
+        self.past_names = [i.name for i in inputs]
         self.present_names = [o.name for o in self.session.get_outputs()[1:]]
-        first = inputs[self.past_names[0]]
-        self.kv_shape = [d if isinstance(d, int) else None for d in first.shape]
-        elem = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(first.type)
-        if elem is not None:
-            self._empty = lambda: ort.OrtValue.ortvalue_from_numpy(
-                np.zeros((1, self.kv_shape[1], 0, self.kv_shape[3]), dtype=elem))
-        else:  # bfloat16: NumPy has no such type; ONNX Runtime allocates the empty tensor itself
-            self._empty = lambda: ort.OrtValue.ortvalue_from_shape_and_type(
-                [1, self.kv_shape[1], 0, self.kv_shape[3]], 16)  # onnx.TensorProto.BFLOAT16
+        self._empties = [_empty_input(i) for i in inputs]
+
+    def _first_past(self) -> list:
+        return [make() for make in self._empties]
 
     def _run(self, ids: np.ndarray, past: list) -> tuple[np.ndarray, list]:
         binding = self.session.io_binding()
@@ -108,7 +104,7 @@ class OrtLoop:
         check_prompt(self.folder, ids.shape[1], max_new_tokens)
         eos = set(self.folder.eos_ids) if stop_at_eos and forced is None else set()
         t0 = time.perf_counter()
-        past = [self._empty() for _ in self.past_names]
+        past = self._first_past()
         tokens, logits_kept, first = [], [], 0.0
         step_ids = ids
         for step in range(max_new_tokens):
@@ -127,6 +123,24 @@ class OrtLoop:
         total = time.perf_counter() - t0
         return Generation(tokens, ids.shape[1], f"{self.name} {self.provider}", first, total - first, _peak_rss_mib(),
                           logits_kept)
+
+
+def _empty_input(arg):
+    """An empty past for one cache input, batch 1: the first free axis after the batch is 0 (the cached
+    positions, or sparse decode's chunk count)."""
+    import onnxruntime as ort
+
+    shape, zeroed = [1], False
+    for d in arg.shape[1:]:
+        if isinstance(d, int):
+            shape.append(d)
+        else:
+            shape.append(1 if zeroed else 0)
+            zeroed = True
+    elem = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32}.get(arg.type)
+    if elem is not None:
+        return lambda: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=elem))
+    return lambda: ort.OrtValue.ortvalue_from_shape_and_type(shape, 16)  # bfloat16: NumPy has no such type
 
 
 class GenaiLoop:
@@ -187,6 +201,10 @@ def open_loop(folder: ModelFolder, runtime: str = "auto", provider: str = "cpu",
     if runtime == "genai" and not genai_available():
         raise DHSAError("--runtime genai needs onnxruntime-genai (pip install onnxruntime-genai, or "
                         "onnxruntime-genai-cuda for --provider cuda)")
-    if runtime == "genai" or (runtime == "auto" and genai_available() and provider == "cpu"):
+    if runtime == "genai" and folder.decode == "sparse":
+        raise DHSAError(f"{folder.path} decodes sparsely: its cached calls carry DHSA chunk state beside the KV "
+                        f"cache, which onnxruntime-genai cannot feed back; use --runtime ort (or auto)")
+    if runtime == "genai" or (runtime == "auto" and genai_available() and provider == "cpu" and
+                              folder.decode == "dense"):
         return GenaiLoop(folder, provider)
     return OrtLoop(folder, provider, threads)

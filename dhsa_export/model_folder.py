@@ -33,7 +33,6 @@ MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
 RECORD = "dhsa_export.json"
 TOKENIZER_FILE = "tokenizer.json"
-DECODE_RULE = "dense"  # what a call with a cache behind it does (docs/ops.md, "Cached calls")
 
 
 def check_output_folder(out: str | Path) -> Path:
@@ -46,10 +45,17 @@ def check_output_folder(out: str | Path) -> Path:
     return out
 
 
-def cache_metadata(context_length: int) -> dict[str, str]:
-    return {"dhsa.kv_cache": "past_key_values.N.key/value -> present.N.key/value, (B, Hkv, P, D), "
+def cache_metadata(context_length: int, decode: str = "dense", state_layers=()) -> dict[str, str]:
+    """What a call with a cache behind it does (docs/ops.md, "Cached calls" and "Sparse decode")."""
+    meta = {"dhsa.kv_cache": "past_key_values.N.key/value -> present.N.key/value, (B, Hkv, P, D), "
                              "empty past = prompt prefill",
-            "dhsa.decode": DECODE_RULE, "dhsa.context_length": str(context_length)}
+            "dhsa.decode": decode, "dhsa.context_length": str(context_length)}
+    if decode == "sparse":
+        meta["dhsa.decode_state"] = ("past.dhsa.N.boundaries (B, M + 1) int32 and past.dhsa.N.chunk_sums (B, M, D) "
+                                     "float32 -> present.dhsa.N.*, empty past = prompt prefill; one token per "
+                                     "cached call")
+        meta["dhsa.decode_layers"] = ",".join(str(i) for i in state_layers)
+    return meta
 
 
 def _eos_ids(model) -> list[int]:
@@ -103,7 +109,7 @@ def write_companions(folder: Path, recipe, model, tokenizer, flavour: str, dtype
     """Everything in the folder but the ONNX model."""
     (folder / GENAI_CONFIG).write_text(json.dumps(genai_config(model, flavour, context_length), indent=2) + "\n")
     record = {"dhsa_export": __version__, "recipe": recipe.name, "ops_flavour": flavour, "dtype": dtype,
-              "context_length": context_length, "decode": DECODE_RULE, "metadata": metadata,
+              "context_length": context_length, "decode": metadata.get("dhsa.decode", "dense"), "metadata": metadata,
               "vocab_size": int(model.config.get_text_config().vocab_size), "tokenizer": None, "op_library": None}
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -159,6 +165,11 @@ class ModelFolder:
     @property
     def num_layers(self) -> int:
         return int(self.config["model"]["decoder"]["num_hidden_layers"])
+
+    @property
+    def decode(self) -> str:
+        """"dense", or "sparse" (cached calls of one token carrying DHSA chunk state)."""
+        return self.record.get("decode", "dense")
 
     @property
     def eos_ids(self) -> list[int]:

@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import DHSAError
-from .ops.spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
+from .ops.spec import (ALL_OPS, CHUNK_BOUNDARIES, DECODE_ATTENTION, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION,
+                       OpSpec)
 
 ORT_LIBRARY = "libdhsa_ort.so"
 CUDA_LIBRARY = "libdhsa_cuda.so"
@@ -213,6 +214,11 @@ class CudaKernels:
         selection running beside it; out as in sparse_attention (may be `query` itself)."""
         out = _output(out, query, key, value)
         return self.run(SELECT_ATTENTION, (query, key, value, boundaries), attrs, out, workspace)
+
+    def decode_attention(self, query, key, value, boundaries, chunk_sums, *attrs, out=None, workspace: bool = True):
+        """One cached step of sparse decode; out as in sparse_attention (may be `query` itself)."""
+        out = _output(out, query, key, value)
+        return self.run(DECODE_ATTENTION, (query, key, value, boundaries, chunk_sums), attrs, out, workspace)
 
 
 def _output(out, query, *others):

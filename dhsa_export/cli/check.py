@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import check as checking
-from .. import engine, generation, model_folder, niah, runtime
+from .. import engine, generation, model_folder, niah, recipes, runtime
 from ..errors import DHSAError
 from ..files import atomic_write
 from ..loading import load
@@ -69,6 +69,7 @@ def niah_cmd(model, recipe_name, model_path, lengths, depths, keys, budgets, met
     if onnx_file and model_folder.is_model_folder(onnx_file):
         loop = generation.OrtLoop(model_folder.open_folder(onnx_file), provider)
         generation.check_prompt(loop.folder, max(len(p.input_ids) for p in prompts), new_tokens)
+        recipe = recipes.with_overrides(recipe, dhsa={"decode": loop.folder.decode})  # PyTorch decodes as it does
         extra[f"onnx-{provider}"] = lambda ids: loop.generate(ids.numpy(), new_tokens).tokens
     elif onnx_file:
         session = runtime.ort_session(onnx_file, provider)

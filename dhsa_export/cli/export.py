@@ -45,6 +45,9 @@ def print_summary(result, recipe, dense: bool) -> None:
 @click.option("--with-cache", is_flag=True, help="Write a folder that generates: the model with a KV cache "
               "(prefill runs DHSA, cached steps attend densely), genai_config.json for onnxruntime-genai, the "
               "tokenizer and the op library. Logits of the last position unless --logits all.")
+@click.option("--decode", type=click.Choice(["dense", "sparse"]), help="With --with-cache: cached steps attend "
+              "densely over the cache, or sparsely (DhsaDecodeAttention; the folder then runs on the own loop, not "
+              "onnxruntime-genai). Default: the recipe's.")
 @click.option("--recipe", "recipe_name", help="Recipe when MODEL is a model directory or .gguf file "
               f"(default by architecture). Known: {', '.join(recipes.available())}.")
 @click.option("--model-path", help="Weights directory or .gguf file, overriding the recipe's sources.")
@@ -65,7 +68,7 @@ def print_summary(result, recipe, dense: bool) -> None:
 @click.option("--predictor-path", type=click.Path(dir_okay=False), help="Learned boundary predictor checkpoint.")
 @click.option("--layers", type=click.Choice(["all", "global", "sliding"]), help="Layer types that use DHSA.")
 @user_errors
-def main(model, out, with_cache, recipe_name, model_path, flavour, dtype, logits, max_seq_len, dense, budget, block_size,
+def main(model, out, with_cache, decode, recipe_name, model_path, flavour, dtype, logits, max_seq_len, dense, budget, block_size,
          chunk_beta, local_tokens, global_tokens, instruction_tokens, boundary_method, predictor_path, layers):
     """Export MODEL (a recipe alias such as gemma2-2b or gemma3-270m, a recipe .yaml, a model directory or
     a .gguf file) to ONNX with DHSA attention as `dhsa` custom ops.
@@ -80,11 +83,13 @@ def main(model, out, with_cache, recipe_name, model_path, flavour, dtype, logits
     recipe, model_path = resolve_model_arg(model, recipe_name, model_path)
     if with_cache and logits is None:
         logits = "last"  # a generating model needs no vocabulary-sized rows for every prompt position
+    if decode and not with_cache:
+        raise click.UsageError("--decode applies to --with-cache exports (a graph without a cache never decodes)")
     recipe = recipes.with_overrides(
         recipe,
         dhsa=dict(budget=budget, block_size=block_size, chunk_beta=chunk_beta, local_tokens=local_tokens,
                   global_tokens=global_tokens, instruction_tokens=instruction_tokens,
-                  boundary_method=boundary_method, predictor_path=predictor_path, layers=layers),
+                  boundary_method=boundary_method, predictor_path=predictor_path, layers=layers, decode=decode),
         export=dict(dtype=dtype, max_seq_len=max_seq_len, logits=logits))
     result = (export_cached if with_cache else export)(recipe, out, model_path=model_path, dtype=recipe.export.dtype, flavour=flavour,
                     logits=recipe.export.logits, max_seq_len=recipe.export.max_seq_len, dense=dense,

@@ -26,6 +26,11 @@ def present_names(num_layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
+def state_names(prefix: str, layers) -> list[str]:
+    """Sparse decode's chunk state of each DHSA layer (decode_state.py): `past` or `present` names."""
+    return [f"{prefix}.dhsa.{i}.{part}" for i in layers for part in ("boundaries", "chunk_sums")]
+
+
 def all_nodes(graph):
     """Nodes of an onnx.GraphProto and of its subgraphs (a cached export's prefill and decode branches)."""
     for node in graph.node:
@@ -73,18 +78,23 @@ class _Merger:
         return ir.Graph(inputs=[], outputs=outputs, nodes=nodes, name=tag, opset_imports=dict(model.opset_imports))
 
 
-def merge(prefill: ir.Model, decode: ir.Model, num_layers: int) -> ir.Model:
+def merge(prefill: ir.Model, decode: ir.Model, num_layers: int, state_layers=()) -> ir.Model:
     """prefill: input_ids -> (logits, present...) traced with an empty cache; decode: (input_ids, past...)
-    -> (logits, present...) traced with a cache. Returns (input_ids, past...) -> (logits, present...),
-    running prefill when the past is empty and decode otherwise. Both inputs are consumed."""
-    if len(decode.graph.inputs) != 1 + 2 * num_layers or len(prefill.graph.inputs) != 1:
-        raise ValueError("merge: prefill takes input_ids only; decode takes input_ids and 2 past tensors per layer")
+    -> (logits, present...) traced with a cache (and, for sparse decode, the state of `state_layers` as
+    past.dhsa.* -> present.dhsa.*). Returns (input_ids, past...) -> (logits, present...), running prefill
+    when the past is empty and decode otherwise. Both inputs are consumed."""
+    names = ["input_ids", *past_names(num_layers), *state_names("past", state_layers)]
+    outputs = ["logits", *present_names(num_layers), *state_names("present", state_layers)]
+    if len(decode.graph.inputs) != len(names) or len(prefill.graph.inputs) != 1:
+        raise ValueError(f"merge: prefill takes input_ids only; decode takes {len(names)} inputs "
+                         f"({', '.join(names[:3])}, ...), got {len(decode.graph.inputs)}")
     inputs = list(decode.graph.inputs)
-    for value, name in zip(inputs, ["input_ids", *past_names(num_layers)]):
+    for value, name in zip(inputs, names):
         value.name = name
     decode.graph.inputs.clear()
     prefill_ids = prefill.graph.inputs[0]
     prefill.graph.inputs.clear()
+    inputs[0].shape = prefill_ids.shape  # a sparse-decode step takes one token; the prompt any number
     prefill_ids.replace_all_uses_with(inputs[0])
 
     merger = _Merger()
@@ -95,8 +105,8 @@ def merge(prefill: ir.Model, decode: ir.Model, num_layers: int) -> ir.Model:
     zero = ir.node("Constant", [], attributes={"value": ir.tensor(np.array([0], dtype=np.int64))})
     empty = ir.node("Equal", [past_len.outputs[0], zero.outputs[0]])
     choose = ir.node("If", [empty.outputs[0]], attributes={"then_branch": then_branch, "else_branch": else_branch},
-                     num_outputs=1 + 2 * num_layers)
-    for out, name, like in zip(choose.outputs, ["logits", *present_names(num_layers)], else_branch.outputs):
+                     num_outputs=len(outputs))
+    for out, name, like in zip(choose.outputs, outputs, else_branch.outputs):
         out.name, out.dtype, out.shape = name, like.dtype, like.shape
     for node, name in ((past_len, "past_length"), (zero, "zero"), (empty, "past_is_empty"), (choose, "prefill_or_decode")):
         node.name = name

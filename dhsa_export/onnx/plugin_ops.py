@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import onnxscript
 
-from ..ops.spec import CHUNK_BOUNDARIES, DOMAIN, OPSET_VERSION, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
+from ..ops.spec import (CHUNK_BOUNDARIES, DECODE_ATTENTION, DOMAIN, OPSET_VERSION, SELECT_ATTENTION, SELECT_KEYS,
+                        SPARSE_ATTENTION)
 from . import schemas
 
 schemas.register()
@@ -43,3 +44,10 @@ def select_attention(query, key, value, boundaries, block_size, budget, local_to
         query, key, value, boundaries, block_size=block_size, budget=budget, local_tokens=local_tokens,
         global_tokens=global_tokens, scale=float(scale), softcap=float(softcap), sliding_window=sliding_window,
         instruction_tokens=instruction_tokens)
+
+
+def decode_attention(query, key, value, boundaries, chunk_sums, budget, local_tokens, global_tokens, scale, softcap,
+                     sliding_window):
+    return getattr(DHSA, DECODE_ATTENTION.onnx_name)(
+        query, key, value, boundaries, chunk_sums, budget=budget, local_tokens=local_tokens,
+        global_tokens=global_tokens, scale=float(scale), softcap=float(softcap), sliding_window=sliding_window)

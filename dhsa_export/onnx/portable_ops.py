@@ -271,3 +271,51 @@ def select_attention(query, key, value, boundaries, block_size, budget, local_to
                                   sliding_window, instruction_tokens)
     return sparse_attention(query, key, value, indices, counts, block_size, scale, softcap, sliding_window,
                             instruction_tokens)
+
+
+# -- DhsaDecodeAttention -----------------------------------------------------------------------
+
+def decode_attention(query, key, value, boundaries, chunk_sums, budget, local_tokens, global_tokens, scale, softcap,
+                     sliding_window):
+    """Token scores through the chunk each key belongs to, the same (score desc, index desc) TopK as
+    DhsaSelectKeys over the eligible keys [lo, K), then attention over the gathered selection."""
+    f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    batch, hq, dim = _dim(query, 0), _dim(query, 1), _dim(query, 3)
+    hkv, seq = _dim(key, 1), _dim(key, 2)
+    groups = op.Div(hq, hkv)
+    t = op.Sub(seq, _s64(1))
+    lo = op.Max(op.Sub(t, _s64(sliding_window - 1)), _s64(0)) if sliding_window > 0 else _s64(0)
+
+    bd = op.Cast(boundaries, to=i64)
+    n_bd = _dim(boundaries, 1)
+    starts = _slice(bd, _s64(0), op.Sub(n_bd, _s64(1)), 1)  # (B, M)
+    ends = _slice(bd, _s64(1), n_bd, 1)
+    length = op.Max(op.Cast(op.Sub(ends, starts), to=f32), _f32(1.0))
+    reps = op.Div(chunk_sums, op.Unsqueeze(op.Sqrt(length), _i64(2)))  # (B, M, D)
+    qbar = op.ReduceMean(op.Cast(query, to=f32), _i64(1), keepdims=0)  # (B, 1, D)
+    scores = op.Squeeze(op.MatMul(reps, op.Transpose(qbar, perm=[0, 2, 1])), _i64(2))  # (B, M)
+    kpos = _range(_s64(0), seq)
+    member = op.And(op.GreaterOrEqual(kpos, op.Unsqueeze(starts, _i64(2))),
+                    op.Less(kpos, op.Unsqueeze(ends, _i64(2))))  # (B, M, K)
+    chunk_of = op.ArgMax(op.Cast(member, to=f32), axis=1, keepdims=0)  # (B, K)
+    tok = op.GatherElements(scores, chunk_of, axis=1)  # (B, K)
+
+    eligible = op.GreaterOrEqual(kpos, lo)
+    forced = op.And(eligible, op.Or(op.Less(kpos, op.Add(lo, _s64(global_tokens))),
+                                    op.GreaterOrEqual(kpos, op.Sub(seq, _s64(local_tokens)))))
+    prio = op.Where(forced, _f32(INF), op.Where(eligible, tok, _f32(-INF)))
+    flipped = op.Slice(prio, _i64(-1), _i64(np.iinfo(np.int64).min), _i64(1), _i64(-1))
+    count = op.Min(op.Sub(seq, lo), _s64(budget))
+    _, fidx = _topk(flipped, count, largest=True)
+    chosen = op.Sub(t, fidx)  # (B, count) key positions
+    picked = op.Cast(_sort_ascending(op.Cast(chosen, to=f32), count), to=i64)
+
+    base = op.Mul(op.Add(op.Mul(op.Unsqueeze(_range(_s64(0), batch), _i64(1)), hkv),
+                         op.Unsqueeze(_range(_s64(0), hkv), _i64(0))), seq)  # (B, Hkv)
+    flat = op.Add(op.Unsqueeze(base, _i64(2)), op.Unsqueeze(picked, _i64(1)))  # (B, Hkv, count)
+    ks = op.Gather(op.Reshape(op.Cast(key, to=f32), _vec(_s64(-1), dim)), flat, axis=0)  # (B, Hkv, count, D)
+    vs = op.Gather(op.Reshape(op.Cast(value, to=f32), _vec(_s64(-1), dim)), flat, axis=0)
+    q = op.Reshape(op.Cast(query, to=f32), _vec(batch, hkv, groups, dim))  # (B, Hkv, g, D)
+    logits = _scaled_logits(q, op.Transpose(ks, perm=[0, 1, 3, 2]), scale, softcap)  # (B, Hkv, g, count)
+    out = op.MatMul(op.Softmax(logits, axis=-1), vs)  # every selected key is visible to t
+    return op.CastLike(op.Reshape(out, _vec(batch, hq, _s64(1), dim)), query)

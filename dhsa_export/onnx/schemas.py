@@ -9,7 +9,8 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, defs
 
-from ..ops.spec import ALL_OPS, CHUNK_BOUNDARIES, DOMAIN, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
+from ..ops.spec import (ALL_OPS, CHUNK_BOUNDARIES, DECODE_ATTENTION, DOMAIN, SELECT_ATTENTION, SELECT_KEYS,
+                        SPARSE_ATTENTION, OpSpec)
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _ATTR_TYPES = {int: defs.OpSchema.AttrType.INT, float: defs.OpSchema.AttrType.FLOAT,
@@ -64,7 +65,7 @@ def _infer_attention(ctx) -> None:
 
 
 _INFERENCE = {CHUNK_BOUNDARIES: _infer_boundaries, SELECT_KEYS: _infer_select, SPARSE_ATTENTION: _infer_attention,
-              SELECT_ATTENTION: _infer_attention}
+              SELECT_ATTENTION: _infer_attention, DECODE_ATTENTION: _infer_attention}
 
 
 def schema(spec: OpSpec) -> defs.OpSchema:

@@ -1,8 +1,8 @@
 """DHSA ops: spec (names, attributes), reference (eager PyTorch), library (torch.ops.dhsa.*)."""
 
 from . import library, reference, spec
-from .library import chunk_boundaries, select_attention, select_keys, sparse_attention
+from .library import chunk_boundaries, decode_attention, select_attention, select_keys, sparse_attention
 from .reference import OpInputError
 
 __all__ = ["library", "reference", "spec", "chunk_boundaries", "select_keys", "sparse_attention", "select_attention",
-           "OpInputError"]
+           "decode_attention", "OpInputError"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .spec import ALL_OPS, CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
+from .spec import ALL_OPS, CHUNK_BOUNDARIES, DECODE_ATTENTION, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION
 
 _LIB = torch.library.Library("dhsa", "DEF")
 for _spec in ALL_OPS:
@@ -20,6 +20,7 @@ _LIB.impl(CHUNK_BOUNDARIES.torch_name, reference.chunk_boundaries, "CompositeExp
 _LIB.impl(SELECT_KEYS.torch_name, reference.select_keys, "CompositeExplicitAutograd")
 _LIB.impl(SPARSE_ATTENTION.torch_name, reference.sparse_attention, "CompositeExplicitAutograd")
 _LIB.impl(SELECT_ATTENTION.torch_name, reference.select_attention, "CompositeExplicitAutograd")
+_LIB.impl(DECODE_ATTENTION.torch_name, reference.decode_attention, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(CHUNK_BOUNDARIES.qualname)
@@ -50,7 +51,14 @@ def _select_attention_fake(query, key, value, boundaries, block_size, budget, lo
     return torch.empty_like(query)
 
 
+@torch.library.register_fake(DECODE_ATTENTION.qualname)
+def _decode_attention_fake(query, key, value, boundaries, chunk_sums, budget, local_tokens, global_tokens, scale,
+                           softcap, sliding_window):
+    return torch.empty_like(query)
+
+
 chunk_boundaries = torch.ops.dhsa.chunk_boundaries
 select_keys = torch.ops.dhsa.select_keys
 sparse_attention = torch.ops.dhsa.sparse_attention
 select_attention = torch.ops.dhsa.select_attention
+decode_attention = torch.ops.dhsa.decode_attention

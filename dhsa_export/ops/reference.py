@@ -372,32 +372,38 @@ def decode_boundaries(prompt_boundaries: torch.Tensor, prompt_len: int, cache_le
     return torch.cat([prompt_boundaries.to(torch.int32), tail.to(torch.int32).expand(b, -1)], dim=1)
 
 
-def decode_select_keys(query: torch.Tensor, key: torch.Tensor, boundaries: torch.Tensor, budget: int,
-                       local_tokens: int, global_tokens: int, sliding_window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selection for the newest position t = K - 1 (query (B, Hq, 1, D), key (B, Hkv, K, D), boundaries
-    (B, M + 1) over [0, K)): the prefill rule for a query block made of that one query. Returns indices
-    (B, budget) ascending, -1-padded, and counts (B,)."""
-    op = "DhsaDecodeSelect"
-    _require(query.dim() == 4 and query.shape[2] == 1, op, f"query must be (B, Hq, 1, D), got {tuple(query.shape)}")
-    b, _, _, d = query.shape
-    seq = key.shape[2]
-    _require(key.dim() == 4 and key.shape[0] == b and key.shape[3] == d and seq >= 1, op,
-             f"key {tuple(key.shape)} does not match query {tuple(query.shape)}")
-    _require(budget >= local_tokens + global_tokens and budget >= 1, op, "budget must be >= max(1, local + global)")
-    check_boundaries(boundaries, b, seq, op)
-    t = seq - 1
+def decode_chunk_sums(key: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """The chunk state of a cache: per chunk, the sum of its head-averaged keys; (B, M, D) float32 (0 for an
+    empty chunk). A runtime keeps it beside the cache, adding each new key to the open chunk."""
+    kbar = key.float().mean(1)
+    pref = F.pad(kbar.double().cumsum(1), (0, 0, 1, 0))
+    bd = boundaries.long()
+    d = kbar.shape[-1]
+    start = torch.gather(pref, 1, bd[:, :-1, None].expand(-1, -1, d))
+    end = torch.gather(pref, 1, bd[:, 1:, None].expand(-1, -1, d))
+    return (end - start).float()
+
+
+def decode_select_keys(query: torch.Tensor, chunk_sums: torch.Tensor, boundaries: torch.Tensor, cache_len: int,
+                       budget: int, local_tokens: int, global_tokens: int,
+                       sliding_window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selection for the newest position t = cache_len - 1 (query (B, Hq, 1, D), chunk_sums (B, M, D), boundaries
+    (B, M + 1) over [0, cache_len)): the prefill rule for a query block made of that one query, chunks
+    represented by sum / sqrt(|chunk|). Returns indices (B, budget) ascending, -1-padded, and counts (B,)."""
+    t = cache_len - 1
     lo = max(0, t - sliding_window + 1) if sliding_window > 0 else 0
-    reps = chunk_representations(key, boundaries)  # (B, M, D)
+    length = (boundaries[:, 1:] - boundaries[:, :-1]).float().clamp_min(1)[..., None]
+    reps = chunk_sums.float() / length.sqrt()  # (B, M, D)
     scores = (reps @ query.float().mean(1)[:, 0, :, None])[..., 0]  # (B, M)
-    tok = torch.gather(scores, 1, _chunk_of(boundaries, seq))[:, None]  # (B, 1, K)
+    tok = torch.gather(scores, 1, _chunk_of(boundaries, cache_len))[:, None]  # (B, 1, K)
     dev = query.device
-    indices, counts = _pick(tok, torch.tensor([lo], device=dev), torch.tensor([seq], device=dev), budget,
+    indices, counts = _pick(tok, torch.tensor([lo], device=dev), torch.tensor([cache_len], device=dev), budget,
                             local_tokens, global_tokens)
     return indices[:, 0], counts[:, 0]
 
 
-def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, indices: torch.Tensor,
-                     counts: torch.Tensor, scale: float, softcap: float, sliding_window: int) -> torch.Tensor:
+def decode_sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, indices: torch.Tensor,
+                            counts: torch.Tensor, scale: float, softcap: float, sliding_window: int) -> torch.Tensor:
     """Attention of the newest position's queries (B, Hq, 1, D) over the selected cache keys (indices
     (B, Nb), counts (B,)); visibility, soft-cap and GQA as in DhsaSparseAttention. (B, Hq, 1, D)."""
     b, hq, _, d = query.shape
@@ -414,6 +420,36 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     logits = _logits(q, ks[:, :, None], scale, softcap)  # (B, Hkv, g, 1, Nb)
     out = _masked_softmax_av(logits, allowed[:, None, None, None, :], vs[:, :, None])
     return out.reshape(b, hq, 1, d).to(query.dtype)
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, boundaries: torch.Tensor,
+                     chunk_sums: torch.Tensor, budget: int, local_tokens: int, global_tokens: int, scale: float,
+                     softcap: float, sliding_window: int) -> torch.Tensor:
+    """DhsaDecodeAttention: decode_select_keys then decode_sparse_attention for one cached step."""
+    op = "DhsaDecodeAttention"
+    _require(query.dim() == 4 and key.dim() == 4 and value.dim() == 4, op,
+             "query, key and value must be rank 4 (B, H, L, D)")
+    b, hq, lq, d = query.shape
+    _require(lq == 1, op, f"query must hold one position (B, Hq, 1, D), got {tuple(query.shape)}")
+    hkv, seq = key.shape[1], key.shape[2]
+    _require(tuple(key.shape) == tuple(value.shape), op, f"key {tuple(key.shape)} and value {tuple(value.shape)} differ")
+    _require(key.shape[0] == b and key.shape[3] == d, op, f"key {tuple(key.shape)} does not match query "
+                                                          f"{tuple(query.shape)} in B or D")
+    _require(hkv >= 1 and hq % hkv == 0, op, f"Hq ({hq}) must be a multiple of Hkv ({hkv})")
+    _require(seq >= 1, op, "key holds no cached position (K = 0)")
+    _require(query.dtype == key.dtype == value.dtype, op, "query, key and value must share one dtype")
+    _require(budget >= 1 and budget >= local_tokens + global_tokens, op,
+             f"budget ({budget}) must be >= max(1, local_tokens + global_tokens)")
+    _require(softcap >= 0, op, f"softcap must be >= 0, got {softcap}")
+    _require(boundaries.dim() == 2 and boundaries.shape[0] == b and boundaries.shape[1] >= 2, op,
+             f"boundaries must be (B, M + 1 >= 2), got {tuple(boundaries.shape)}")
+    m = boundaries.shape[1] - 1
+    _require(tuple(chunk_sums.shape) == (b, m, d) and chunk_sums.dtype == torch.float32, op,
+             f"chunk_sums must be float32 ({b}, {m}, {d}), got {chunk_sums.dtype} {tuple(chunk_sums.shape)}")
+    check_boundaries(boundaries, b, seq, op)
+    indices, counts = decode_select_keys(query, chunk_sums, boundaries, seq, budget, local_tokens, global_tokens,
+                                         sliding_window)
+    return decode_sparse_attention(query, key, value, indices, counts, scale, softcap, sliding_window)
 
 
 # --------------------------------------------------------------------------------------------

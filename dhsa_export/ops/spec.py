@@ -154,6 +154,25 @@ SELECT_ATTENTION = OpSpec(
         "output may take the query's buffer, as for DhsaSparseAttention.",
 )
 
-ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION, SELECT_ATTENTION)
+DECODE_ATTENTION = OpSpec(
+    torch_name="decode_attention",
+    onnx_name="DhsaDecodeAttention",
+    version=1,
+    inputs=(
+        Tensor("query", "(B, Hq, 1, D) post-RoPE queries of the newest position t = K - 1"),
+        Tensor("key", "(B, Hkv, K, D) the key cache, the newest position's key last; Hq % Hkv == 0"),
+        Tensor("value", "(B, Hkv, K, D) the value cache"),
+        _i32("boundaries", "(B, M + 1) int32 chunk boundaries of the cache: 0, ..., K, non-decreasing"),
+        Tensor("chunk_sums", "(B, M, D) float32: per chunk, the sum of its head-averaged keys", type="float32"),
+    ),
+    outputs=(Tensor("output", "(B, Hq, 1, D), dtype of query", may_take="query"),),
+    attrs=(Attr("budget", int, "Nb: keys kept per step (>= local_tokens + global_tokens, >= 1)"), _LOCAL, _GLOBAL,
+           _SCALE, _SOFTCAP, _SLIDING),
+    doc="One cached step of sparse decode: the newest position's queries score the cache's chunks from their "
+        "key sums, keep the budget (global, local, best chunks) and attend to it. The output may take the query's "
+        "buffer.",
+)
+
+ALL_OPS = (CHUNK_BOUNDARIES, SELECT_KEYS, SPARSE_ATTENTION, SELECT_ATTENTION, DECODE_ATTENTION)
 
 BOUNDARY_METHODS = ("similarity", "scores", "fixed")

@@ -48,16 +48,20 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--text-lengths", default="4096,8192")
     ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--decode-budget", type=int, help="keys per sparse-decode step (default: the recipe's)")
     ap.add_argument("--out", default="benchmarks/decode-accuracy-gemma3-270m.json")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     recipe = recipes.load(args.model)
+    if args.decode_budget:
+        recipe = recipes.with_overrides(recipe, dhsa={"decode_budget": args.decode_budget})
     loaded = load(recipe)
     model, tok = loaded.model, loaded.tokenizer
     lm = runtime.TorchLM(model)
 
-    prompts = niah.make_prompts(tok, [int(x) for x in args.lengths.split(",")],
-                                [float(x) for x in args.depths.split(",")], args.keys, seed=0)
+    lengths = [int(x) for x in args.lengths.split(",") if x]  # "": teacher-forced agreement only
+    prompts = niah.make_prompts(tok, lengths, [float(x) for x in args.depths.split(",")], args.keys, seed=0) \
+        if lengths else []
     grid = []
     for p in prompts:
         row = {"length": p.length, "tokens": p.n_tokens, "depth": p.depth, "key": p.key}

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Cached generation on ONNX Runtime's CUDA execution provider, against PyTorch greedy tokens made on a
 CPU machine. `make` writes --with-cache folders of the tiny models (fp32 plugin and portable, bf16
-plugin) and reference.json (prompts and the PyTorch reference's tokens: DHSA prefill + cached dense
-steps; for bf16 the model cast to bf16); `run` generates with the own loop on the CUDA provider and
-compares, needing only onnxruntime-gpu, numpy and this source tree.
+plugin; dense and sparse decode) and reference.json (prompts and the PyTorch reference's tokens: DHSA
+prefill + cached steps decoded the same way; for bf16 the model cast to bf16); `run` generates with the
+own loop on the CUDA provider and compares, needing only onnxruntime-gpu, numpy and this source tree.
 
     python scripts/dev/generate_cuda_check.py make out/generate-cuda-check
     python scripts/dev/generate_cuda_check.py run out/generate-cuda-check     # where onnxruntime-gpu is
@@ -19,8 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 NEW_TOKENS = 32
-CASES = [("tiny-gemma2", "plugin", "fp32"), ("tiny-gemma3", "plugin", "fp32"), ("tiny-gemma2", "portable", "fp32"),
-         ("tiny-gemma3", "plugin", "bf16")]
+CASES = [("tiny-gemma2", "plugin", "fp32", "dense"), ("tiny-gemma3", "plugin", "fp32", "dense"),
+         ("tiny-gemma2", "portable", "fp32", "dense"), ("tiny-gemma3", "plugin", "bf16", "dense"),
+         ("tiny-gemma2", "plugin", "fp32", "sparse"), ("tiny-gemma3", "plugin", "fp32", "sparse"),
+         ("tiny-gemma2", "portable", "fp32", "sparse")]
 
 
 def make(out: Path, seed: int) -> None:
@@ -32,17 +34,17 @@ def make(out: Path, seed: int) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     ref = {}
-    for name, flavour, dtype in CASES:
-        tag = f"{name}-{flavour}-{dtype}"
+    for name, flavour, dtype, decode in CASES:
+        tag = f"{name}-{flavour}-{dtype}-{decode}"
         recipe = recipes.load(name)
-        export.export_cached(recipe, out / tag, flavour=flavour, dtype=dtype)
+        export.export_cached(recipe, out / tag, flavour=flavour, dtype=dtype, decode=decode)
         model = load(recipe).model
         if dtype == "bf16":
             model = model.to(torch.bfloat16)
         rng = np.random.default_rng(seed)
         prompts = [rng.integers(3, 512, size=n).tolist() for n in (1, recipe.dhsa.budget // 2 + 3,
                                                                    3 * recipe.dhsa.budget + 37)]
-        attention.enable_dhsa(model, recipe.dhsa)
+        attention.enable_dhsa(model, recipe.dhsa, decode=decode)
         tokens = [runtime.TorchLM(model).cached_greedy(np.array(p), NEW_TOKENS)[0] for p in prompts]
         ref[tag] = {"prompts": prompts, "tokens": tokens}
         print(tag, "ok", flush=True)
@@ -63,12 +65,16 @@ def run(folder: Path) -> int:
         assert "CUDAExecutionProvider" in loop.session.get_providers()
         for prompt, want in zip(case["prompts"], case["tokens"]):
             got = loop.generate(prompt, NEW_TOKENS, stop_at_eos=False)
-            same = sum(a == b for a, b in zip(got.tokens, want))
             exact = got.tokens == want
-            need_exact = not tag.endswith("bf16")
-            ok = exact if need_exact else same / len(want) >= 0.8  # the recipe's bf16 greedy gate
+            if "-bf16-" in tag:  # the recipe's bf16 gate: teacher-forced steps whose argmax is PyTorch's
+                forced = loop.generate(prompt, NEW_TOKENS, forced=want, stop_at_eos=False)
+                same = sum(a == b for a, b in zip(forced.tokens, want))
+                ok, how = same / len(want) >= 0.8, "teacher-forced"
+            else:
+                same = sum(a == b for a, b in zip(got.tokens, want))
+                ok, how = exact, "greedy"
             failed += not ok
-            print(f"{tag} L={len(prompt)}: {same}/{len(want)} tokens equal{' (exact)' if exact else ''} "
+            print(f"{tag} L={len(prompt)}: {same}/{len(want)} {how} tokens equal{' (exact)' if exact else ''} "
                   f"{'ok' if ok else 'FAIL'}; first token {got.first_token_s * 1e3:.1f} ms, "
                   f"{got.decode_tokens_per_s or 0:.0f} tokens/s", flush=True)
     print("PASS" if not failed else f"FAIL ({failed})")

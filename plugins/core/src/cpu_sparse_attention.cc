@@ -10,20 +10,31 @@
 
 namespace dhsa {
 namespace cpu {
-namespace {
 
-// softmax(logits over keys[0..n)) . V for one query row; keys / values are (n, D) float rows.
+void GatherRows(const Act4& k, const Act4& v, int64_t b, int64_t hk, const int32_t* idx, int64_t n,
+                std::vector<float>* keys, std::vector<float>* values, std::vector<int64_t>* pos) {
+  const int64_t d = k.d;
+  keys->resize(static_cast<size_t>(n * d));
+  values->resize(static_cast<size_t>(n * d));
+  pos->resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    (*pos)[j] = idx[j];
+    load_row(k.data, k.dtype, k.offset(b, hk, idx[j]), d, keys->data() + j * d);
+    load_row(v.data, v.dtype, v.offset(b, hk, idx[j]), d, values->data() + j * d);
+  }
+}
+
 void AttendRow(const float* q, const float* keys, const float* values, const int64_t* pos, int64_t n, int64_t t,
-               const SparseAttentionAttrs& a, int64_t d, float* logits, float* out) {
+               float scale, float softcap, int64_t sliding_window, int64_t d, float* logits, float* out) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) {
-    const bool ok = pos[j] <= t && (a.sliding_window == 0 || pos[j] > t - a.sliding_window);
+    const bool ok = pos[j] <= t && (sliding_window == 0 || pos[j] > t - sliding_window);
     if (!ok) {
       logits[j] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    float v = Dot(q, keys + j * d, d) * a.scale;
-    if (a.softcap > 0.f) v = std::tanh(v / a.softcap) * a.softcap;
+    float v = Dot(q, keys + j * d, d) * scale;
+    if (softcap > 0.f) v = std::tanh(v / softcap) * softcap;
     logits[j] = v;
     mx = std::max(mx, v);
   }
@@ -39,8 +50,6 @@ void AttendRow(const float* q, const float* keys, const float* values, const int
   const float inv = 1.f / sum;
   for (int64_t x = 0; x < d; ++x) out[x] *= inv;
 }
-
-}  // namespace
 
 Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v,
                        const int32_t* indices, const int32_t* counts, int64_t nb, void* out, const Parallel& par) {
@@ -65,20 +74,17 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
     const int64_t hk = task % k.h, i = (task / k.h) % sparse_blocks, b = task / (k.h * sparse_blocks);
     const int64_t n = counts[b * nqb + i];
     const int32_t* idx = indices + (b * nqb + i) * nb;
-    std::vector<float> keys(static_cast<size_t>(n * d)), values(static_cast<size_t>(n * d));
-    std::vector<int64_t> pos(static_cast<size_t>(n));
-    for (int64_t j = 0; j < n; ++j) {
-      pos[j] = idx[j];
-      load_row(k.data, k.dtype, k.offset(b, hk, idx[j]), d, &keys[j * d]);
-      load_row(v.data, v.dtype, v.offset(b, hk, idx[j]), d, &values[j * d]);
-    }
+    std::vector<float> keys, values;
+    std::vector<int64_t> pos;
+    GatherRows(k, v, b, hk, idx, n, &keys, &values, &pos);
     std::vector<float> qrow(static_cast<size_t>(d)), orow(static_cast<size_t>(d)), logits(static_cast<size_t>(n));
     const int64_t s = i * a.block_size, e = std::min(s + a.block_size, tail0);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t hq = hk * group + g;
       for (int64_t t = s; t < e; ++t) {
         load_row(q.data, q.dtype, q.offset(b, hq, t), d, qrow.data());
-        AttendRow(qrow.data(), keys.data(), values.data(), pos.data(), n, t, a, d, logits.data(), orow.data());
+        AttendRow(qrow.data(), keys.data(), values.data(), pos.data(), n, t, a.scale, a.softcap, a.sliding_window, d,
+                  logits.data(), orow.data());
         store_row(out, q.dtype, q.offset(b, hq, t), d, orow.data());
       }
     }
@@ -98,7 +104,8 @@ Status SparseAttention(const SparseAttentionAttrs& a, const Act4& q, const Act4&
       for (int64_t g = 0; g < group; ++g) {
         const int64_t hq = hk * group + g;
         load_row(q.data, q.dtype, q.offset(b, hq, t), d, qrow.data());
-        AttendRow(qrow.data(), keys.data(), values.data(), pos.data(), n, t, a, d, logits.data(), orow.data());
+        AttendRow(qrow.data(), keys.data(), values.data(), pos.data(), n, t, a.scale, a.softcap, a.sliding_window, d,
+                  logits.data(), orow.data());
         store_row(out, q.dtype, q.offset(b, hq, t), d, orow.data());
       }
     }

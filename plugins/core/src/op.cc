@@ -153,6 +153,34 @@ class SelectAttentionOp final : public Op {
 #endif
 };
 
+class DecodeAttentionOp final : public Op {
+ public:
+  DecodeAttentionAttrs a;
+  DecodeAttentionOp() : Op(FindOpSpec(kDecodeAttention)) {}
+  Status CheckShapes(const Input* in, std::vector<std::vector<int64_t>>* shapes) const override {
+    shapes->resize(1);
+    return CheckDecodeAttention(a, *in[0].desc, *in[1].desc, *in[2].desc, *in[3].desc, *in[4].desc, &(*shapes)[0]);
+  }
+  void OutputDims(DimExprs& e, std::vector<std::vector<DimExprs::Expr>>* out) const override {
+    *out = {QueryDims(e)};
+  }
+  Status RunCpu(const Input* in, void* const* out, const Parallel& par) const override {
+    return cpu::DecodeAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
+                                in[3].desc->dims[1], Data<float>(in[4]), out[0], par);
+  }
+#ifdef DHSA_WITH_CUDA
+  size_t CudaWorkspace(const Input* in) const override {
+    const TensorDesc& q = *in[0].desc;
+    return cuda::DecodeAttentionWorkspace(a, q.dims[0], q.dims[1], in[1].desc->dims[1], in[1].desc->dims[2],
+                                          q.dims[3], in[3].desc->dims[1]);
+  }
+  Status RunCuda(const Input* in, void* const* out, void* stream, void* ws) const override {
+    return cuda::DecodeAttention(a, AsAct4(in[0]), AsAct4(in[1]), AsAct4(in[2]), Data<int32_t>(in[3]),
+                                 in[3].desc->dims[1], Data<float>(in[4]), out[0], stream, ws);
+  }
+#endif
+};
+
 template <typename O>
 Status Make(const AttrSource& attrs, std::unique_ptr<Op>* out) {
   auto op = std::make_unique<O>();
@@ -168,8 +196,10 @@ Status Op::Create(const std::string& name, const AttrSource& attrs, std::unique_
   if (name == kSelectKeys) return Make<SelectKeysOp>(attrs, out);
   if (name == kSparseAttention) return Make<SparseAttentionOp>(attrs, out);
   if (name == kSelectAttention) return Make<SelectAttentionOp>(attrs, out);
-  return Status::Error("unknown DHSA op '" + name + "' (known: DhsaChunkBoundaries, DhsaSelectKeys, "
-                       "DhsaSparseAttention, DhsaSelectAttention)");
+  if (name == kDecodeAttention) return Make<DecodeAttentionOp>(attrs, out);
+  std::string known;
+  for (const OpSpec* s : AllOpSpecs()) known += StrCat(known.empty() ? "" : ", ", s->name);
+  return Status::Error("unknown DHSA op '" + name + "' (known: " + known + ")");
 }
 
 Status Op::Check(const Input* inputs, int n_inputs, std::vector<TensorDesc>* outputs) const {

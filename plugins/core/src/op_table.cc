@@ -33,6 +33,12 @@ const AttrSpec kFusedAttrs[] = {{"block_size", kInt}, {"budget", kInt},  {"local
                                 {"global_tokens", kInt}, {"scale", kFloat}, {"softcap", kFloat},
                                 {"sliding_window", kInt}, {"instruction_tokens", kInt}};
 
+// One cached step: the newest position's queries against the whole cache and its chunk state.
+const InputSpec kDecodeIn[] = {{"query", kT, false},      {"key", kT, false},          {"value", kT, false},
+                               {"boundaries", kI32, false}, {"chunk_sums", kF32, false}};
+const AttrSpec kDecodeAttrs[] = {{"budget", kInt}, {"local_tokens", kInt}, {"global_tokens", kInt},
+                                 {"scale", kFloat}, {"softcap", kFloat},    {"sliding_window", kInt}};
+
 template <typename T, int N>
 constexpr Span<T> S(const T (&a)[N]) { return {a, N}; }
 
@@ -40,12 +46,14 @@ const OpSpec kChunkBoundariesSpec{kChunkBoundaries, kOpVersion, S(kBoundariesIn)
 const OpSpec kSelectKeysSpec{kSelectKeys, kOpVersion, S(kSelectIn), S(kSelectOut), S(kSelectAttrs)};
 const OpSpec kSparseAttentionSpec{kSparseAttention, kOpVersion, S(kAttentionIn), S(kAttentionOut), S(kAttentionAttrs)};
 const OpSpec kSelectAttentionSpec{kSelectAttention, kOpVersion, S(kFusedIn), S(kAttentionOut), S(kFusedAttrs)};
-const OpSpec* const kAll[] = {&kChunkBoundariesSpec, &kSelectKeysSpec, &kSparseAttentionSpec, &kSelectAttentionSpec};
+const OpSpec kDecodeAttentionSpec{kDecodeAttention, kOpVersion, S(kDecodeIn), S(kAttentionOut), S(kDecodeAttrs)};
+const OpSpec* const kAll[] = {&kChunkBoundariesSpec, &kSelectKeysSpec, &kSparseAttentionSpec, &kSelectAttentionSpec,
+                              &kDecodeAttentionSpec};
 
 }  // namespace
 
 const Span<const OpSpec*>& AllOpSpecs() {
-  static const Span<const OpSpec*> all{kAll, 4};
+  static const Span<const OpSpec*> all{kAll, static_cast<int>(sizeof(kAll) / sizeof(kAll[0]))};
   return all;
 }
 

@@ -245,15 +245,67 @@ Status CheckSelectAttention(const SelectAttentionAttrs& a, const TensorDesc& q, 
   return AsSelectAttention(CheckSparseAttention(a.attend, q, k, v, idx, cnt, out_shape));
 }
 
-Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq) {
+Status DecodeAttentionAttrs::Parse(const AttrSource& src, DecodeAttentionAttrs* a) {
+  const char* op = kDecodeAttention;
+  DHSA_RETURN_IF_ERROR(Int(src, op, "budget", &a->budget));
+  DHSA_RETURN_IF_ERROR(Int(src, op, "local_tokens", &a->local_tokens));
+  DHSA_RETURN_IF_ERROR(Int(src, op, "global_tokens", &a->global_tokens));
+  DHSA_RETURN_IF_ERROR(Float(src, op, "scale", &a->scale));
+  DHSA_RETURN_IF_ERROR(Float(src, op, "softcap", &a->softcap));
+  DHSA_RETURN_IF_ERROR(Int(src, op, "sliding_window", &a->sliding_window));
+  return a->Validate();
+}
+
+Status DecodeAttentionAttrs::Validate() const {
+  const char* op = kDecodeAttention;
+  DHSA_RETURN_IF_ERROR(AtLeast(op, "budget", budget, 1));
+  DHSA_RETURN_IF_ERROR(AtLeast(op, "local_tokens", local_tokens, 0));
+  DHSA_RETURN_IF_ERROR(AtLeast(op, "global_tokens", global_tokens, 0));
+  DHSA_RETURN_IF_ERROR(AtLeast(op, "sliding_window", sliding_window, 0));
+  if (budget < local_tokens + global_tokens)
+    return Fail(op, "budget (", budget, ") must be >= local_tokens + global_tokens (", local_tokens, " + ",
+                global_tokens, ")");
+  if (!(softcap >= 0.f)) return Fail(op, "attribute softcap must be >= 0, got ", softcap);
+  if (budget > (1 << 24)) return Fail(op, "attribute out of the supported range (budget <= 2^24)");
+  return Status::Ok();
+}
+
+Status CheckDecodeAttention(const DecodeAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
+                            const TensorDesc& v, const TensorDesc& bd, const TensorDesc& sums,
+                            std::vector<int64_t>* out_shape) {
+  (void)a;
+  const char* op = kDecodeAttention;
+  DHSA_RETURN_IF_ERROR(Rank4Float(op, "query", q));
+  DHSA_RETURN_IF_ERROR(Rank4Float(op, "key", k));
+  DHSA_RETURN_IF_ERROR(Rank4Float(op, "value", v));
+  if (q.dtype != k.dtype || q.dtype != v.dtype) return Fail(op, "inputs 'query', 'key' and 'value' must share one dtype");
+  if (q.dims[2] != 1) return Fail(op, "input 'query' must hold one position (B, Hq, 1, D), got ", q.shape_string());
+  if (k.dims != v.dims) return Fail(op, "inputs 'key' ", k.shape_string(), " and 'value' ", v.shape_string(), " differ");
+  if (k.dims[0] != q.dims[0] || k.dims[3] != q.dims[3])
+    return Fail(op, "input 'key' ", k.shape_string(), " does not match 'query' ", q.shape_string(), " in B or D");
+  if (k.dims[1] < 1 || q.dims[1] % k.dims[1] != 0)
+    return Fail(op, "Hq (", q.dims[1], ") must be a multiple of Hkv (", k.dims[1], ")");
+  if (k.dims[2] < 1) return Fail(op, "input 'key' holds no cached position (K = 0)");
+  if (bd.dtype != DType::kInt32 || bd.rank() != 2 || bd.dims[0] != q.dims[0] || bd.dims[1] < 2)
+    return Fail(op, "input 'boundaries' must be int32 (B = ", q.dims[0], ", M + 1 >= 2), got ", dtype_name(bd.dtype),
+                " ", bd.shape_string());
+  if (sums.dtype != DType::kFloat32 || sums.rank() != 3 || sums.dims[0] != q.dims[0] ||
+      sums.dims[1] != bd.dims[1] - 1 || sums.dims[2] != q.dims[3])
+    return Fail(op, "input 'chunk_sums' must be float32 (B, M, D) = (", q.dims[0], ", ", bd.dims[1] - 1, ", ",
+                q.dims[3], "), got ", dtype_name(sums.dtype), " ", sums.shape_string());
+  *out_shape = q.dims;
+  return Status::Ok();
+}
+
+Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq, const char* op) {
   for (int64_t b = 0; b < batch; ++b) {
     const int32_t* row = bd + b * n_plus_1;
     if (row[0] != 0 || row[n_plus_1 - 1] != seq)
-      return Fail(kSelectKeys, "input 'boundaries' row ", b, " must start at 0 and end at L = ", seq, " (got ", row[0],
+      return Fail(op, "input 'boundaries' row ", b, " must start at 0 and end at L = ", seq, " (got ", row[0],
                   " ... ", row[n_plus_1 - 1], ")");
     for (int64_t c = 1; c < n_plus_1; ++c)
       if (row[c] < row[c - 1])
-        return Fail(kSelectKeys, "input 'boundaries' must be non-decreasing (row ", b, ", entry ", c, ": ", row[c],
+        return Fail(op, "input 'boundaries' must be non-decreasing (row ", b, ", entry ", c, ": ", row[c],
                     " < ", row[c - 1], ")");
   }
   return Status::Ok();

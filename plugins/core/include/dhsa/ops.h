@@ -22,6 +22,7 @@ constexpr const char* kChunkBoundaries = "DhsaChunkBoundaries";
 constexpr const char* kSelectKeys = "DhsaSelectKeys";
 constexpr const char* kSparseAttention = "DhsaSparseAttention";
 constexpr const char* kSelectAttention = "DhsaSelectAttention";
+constexpr const char* kDecodeAttention = "DhsaDecodeAttention";
 constexpr int kOpVersion = 1;
 
 // Attribute access implemented by each binding (ORT kernel info, TensorRT plugin fields).
@@ -65,6 +66,14 @@ struct SelectAttentionAttrs {
   static Status Parse(const AttrSource& src, SelectAttentionAttrs* out);
 };
 
+// DhsaDecodeAttention: one cached step (docs/ops.md "Sparse decode"), selection and attention in one op.
+struct DecodeAttentionAttrs {
+  int64_t budget = 0, local_tokens = 0, global_tokens = 0, sliding_window = 0;
+  float scale = 0.f, softcap = 0.f;
+  static Status Parse(const AttrSource& src, DecodeAttentionAttrs* out);
+  Status Validate() const;
+};
+
 DHSA_HD inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // N: capacity of the boundary output (chunks), and the number of query blocks.
 DHSA_HD inline int64_t num_chunks(int64_t seq, int64_t block, int64_t beta) { return beta * ceil_div(seq, block); }
@@ -82,6 +91,9 @@ Status CheckSparseAttention(const SparseAttentionAttrs& a, const TensorDesc& q, 
                             std::vector<int64_t>* out_shape);
 Status CheckSelectAttention(const SelectAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
                             const TensorDesc& v, const TensorDesc& bd, std::vector<int64_t>* out_shape);
+Status CheckDecodeAttention(const DecodeAttentionAttrs& a, const TensorDesc& q, const TensorDesc& k,
+                            const TensorDesc& v, const TensorDesc& bd, const TensorDesc& sums,
+                            std::vector<int64_t>* out_shape);
 
 // Per query block: sparse queries [s, e), eligible keys [lo, hi) (hi == lo: selects nothing).
 struct BlockRange {
@@ -109,7 +121,21 @@ DHSA_HD inline int64_t leading_fit_blocks(int64_t seq, int64_t block, int64_t wi
   return f;
 }
 
-// Data checks the kernels run before reading through a tensor's values.
-Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq);
+// A decode step's eligible keys [lo, K) (t = K - 1 the newest position) and how many it keeps.
+struct DecodeRange {
+  int64_t lo, hi, count;
+};
+DHSA_HD inline DecodeRange decode_range(int64_t cache_len, int64_t window, int64_t budget) {
+  const int64_t t = cache_len - 1;
+  DecodeRange r;
+  r.lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+  r.hi = cache_len;
+  r.count = r.hi - r.lo < budget ? r.hi - r.lo : budget;
+  return r;
+}
+
+// Data checks the kernels run before reading through a tensor's values; errors name `op`.
+Status CheckBoundaryValues(const int32_t* bd, int64_t batch, int64_t n_plus_1, int64_t seq,
+                           const char* op = kSelectKeys);
 
 }  // namespace dhsa
