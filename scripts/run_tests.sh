@@ -14,6 +14,7 @@ cmake -S plugins -B build/asan -DDHSA_SANITIZE=ON -DDHSA_CUDA=OFF -DCMAKE_BUILD_
 cmake --build build/asan -j 2 >/dev/null
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  DHSA_ORT_LIBRARY=build/asan/libdhsa_ort.so python -m pytest -q -p no:cacheprovider tests/test_ort_ops.py
+  DHSA_ORT_LIBRARY=build/asan/libdhsa_ort.so python -m pytest -q -p no:cacheprovider tests/test_ort_ops.py \
+  tests/test_decode_ops.py
 echo "== slow: real weights"
 python -m pytest -q -m slow --durations=12

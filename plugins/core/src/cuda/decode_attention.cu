@@ -24,6 +24,10 @@ constexpr unsigned kSelectCluster = kMaxClusterCtas;
 constexpr int kAttendWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per attention CTA; larger groups take several CTAs
 constexpr int kMaxSplits = 256;
+#ifndef DHSA_DECODE_CTAS_PER_SM
+#define DHSA_DECODE_CTAS_PER_SM 6
+#endif
+constexpr int kCtasPerSm = DHSA_DECODE_CTAS_PER_SM;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeParams {
@@ -401,12 +405,13 @@ int GroupTile(int group) {
   return g;
 }
 
-// Splits of the selected keys: about two CTAs per SM over (sample, kv head, head tile), each split a
-// whole number of warp steps.
+// Splits of the selected keys: about kCtasPerSm CTAs per SM over (sample, kv head, head tile), each
+// split a whole number of warp steps. A step's attention is short: enough CTAs must be resident at
+// once to keep the loads of every SM in flight.
 void PlanSplits(DecodeParams* p, int sms) {
   const int items = p->batch * p->hkv * p->gtiles;
   const int step = kAttendWarps * 4;
-  int splits = std::max(1, std::min({kMaxSplits, (2 * sms + items - 1) / items, (p->count + step - 1) / step}));
+  int splits = std::max(1, std::min({kMaxSplits, (kCtasPerSm * sms + items - 1) / items, (p->count + step - 1) / step}));
   p->split_keys = ((p->count + splits - 1) / splits + step - 1) / step * step;
   p->splits = std::max(1, (p->count + p->split_keys - 1) / p->split_keys);
 }
