@@ -141,18 +141,10 @@ def _cuda_case(rng: random.Random) -> DecodeCase:
     return c
 
 
-@pytest.fixture(params=[True, False], ids=["cluster-select", "one-cta-select"])
-def select_path(request, kernels):
-    """The selection as a thread block cluster per sample (Hopper and later) or as one CTA (other GPUs)."""
-    kernels.use_hopper_kernels(request.param)
-    yield request.param
-    kernels.use_hopper_kernels(True)
-
-
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_kernels_match_the_reference(kernels, select_path, dtype, seed):
+def test_cuda_kernels_match_the_reference(kernels, dtype, seed):
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     clear = 0
     for _ in range(N_CASES):
@@ -174,7 +166,7 @@ def test_cuda_kernels_match_the_reference(kernels, select_path, dtype, seed):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, select_path, dtype, seed):
+def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, dtype, seed):
     """Chunks of equal length and equal key sums score exactly alike: the budget's cut-off then falls
     inside a group of tied chunks, which the rule takes from the latest position down."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -201,8 +193,8 @@ def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, select_path, dtype,
 @pytest.mark.cuda
 @pytest.mark.parametrize("cache_len,batch,hq,hkv,dim,chunk", [(32768, 1, 8, 4, 256, 16), (131072, 1, 8, 4, 256, 16),
                                                                (131075, 2, 32, 8, 128, 4), (40000, 8, 4, 1, 256, 16)])
-def test_cuda_kernels_long_caches_bf16(kernels, select_path, cache_len, batch, hq, hkv, dim, chunk, seed):
-    """Real sizes; with 4-token chunks at 128K one CTA cannot stage the chunks in shared memory."""
+def test_cuda_kernels_long_caches_bf16(kernels, cache_len, batch, hq, hkv, dim, chunk, seed):
+    """Real sizes; with 4-token chunks at 128K the selection has more chunks than shared memory holds."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
     c = DecodeCase(batch=batch, hq=hq, hkv=hkv, dim=dim, block_size=128, chunk_beta=8, prompt_len=cache_len - 37,
                    cache_len=cache_len, budget=2048, local_tokens=128, global_tokens=128, sliding_window=0,
