@@ -165,6 +165,34 @@ def test_cuda_kernels_match_the_reference(kernels, dtype, seed):
 
 @cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_tensorrt_plugin_enqueue_matches_the_reference(dtype, seed):
+    """The TensorRT plugin of the op, driven as TensorRT drives it (tests/trt_plugins.py), on 30 cases."""
+    import os
+
+    from dhsa_export.errors import DHSAError
+
+    from .trt_plugins import TrtPlugins
+
+    try:
+        trt = TrtPlugins()
+    except DHSAError as err:
+        if not os.environ.get("TensorRT_INCLUDE_DIR"):
+            pytest.skip(f"TensorRT plugin library not built: {err}")
+        raise
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    for _ in range(30):
+        c = _cuda_case(rng)
+        q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
+        if not _clear(c, q, full, sums):
+            continue
+        out = torch.full_like(q, float("nan"))
+        trt.decode_attention(q, k, v, full, sums, *c.attrs.values(), out=out)
+        _check(out, reference.decode_attention(q, k, v, full, sums, **c.attrs), dtype, c)
+
+
+@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, dtype, seed):
     """Chunks of equal length and equal key sums score exactly alike: the budget's cut-off then falls

@@ -11,7 +11,8 @@ from pathlib import Path
 from dhsa_export.errors import DHSAError
 from dhsa_export.native import _DTYPES, _Attr, _Tensor, _tensor, trt_library
 from dhsa_export.ops.reference import OpInputError
-from dhsa_export.ops.spec import CHUNK_BOUNDARIES, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION, OpSpec
+from dhsa_export.ops.spec import (CHUNK_BOUNDARIES, DECODE_ATTENTION, SELECT_ATTENTION, SELECT_KEYS, SPARSE_ATTENTION,
+                                  OpSpec)
 
 BRIDGE = "libdhsa_trt_bridge.so"
 _REPO = Path(__file__).resolve().parents[1]
@@ -162,3 +163,6 @@ class TrtPlugins:
 
     def select_attention(self, query, key, value, boundaries, *attrs, out=None):
         return self.run(SELECT_ATTENTION, [query, key, value, boundaries], attrs, out)
+
+    def decode_attention(self, query, key, value, boundaries, chunk_sums, *attrs, out=None):
+        return self.run(DECODE_ATTENTION, [query, key, value, boundaries, chunk_sums], attrs, out)
