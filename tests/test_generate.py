@@ -131,12 +131,26 @@ def test_check_compare_on_a_sparse_decode_folder(folder, tmp_path):
 
 
 def test_fp16_folder_matches_the_fp16_model(folder, seed):
+    """Teacher-forced with the fp16 PyTorch model's greedy tokens: every step's logits within fp16 rounding
+    (measured up to 1.4e-3 of the largest logit), and the same argmax wherever the reference's two best
+    logits are further apart than that (fp16 makes exact ties, which either side may break)."""
     recipe, model = tiny("tiny-gemma3")
     opened = model_folder.open_folder(folder("tiny-gemma3", dtype="fp16"))
     half = export.to_half(copy.deepcopy(model))
     loop = generation.OrtLoop(opened)
+    tol = 3e-3
     for prompt in _prompts(recipe, seed):
-        assert loop.generate(prompt, NEW_TOKENS).tokens == _reference("tiny-gemma3", prompt, opened.eos_ids, half)
+        attention.enable_dhsa(half, recipe.dhsa)
+        want, rows = runtime.TorchLM(half).cached_greedy(prompt, NEW_TOKENS)
+        got = loop.generate(prompt, NEW_TOKENS, forced=want, keep_logits=True, stop_at_eos=False)
+        assert len(got.step_logits) == len(rows) == NEW_TOKENS
+        for step, (g, r) in enumerate(zip(got.step_logits, rows)):
+            g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
+            scale = max(1.0, np.abs(r).max())
+            assert np.abs(g - r).max() <= tol * scale, (len(prompt), step, np.abs(g - r).max() / scale)
+            second, first = np.sort(r)[-2:]
+            if first - second > tol * scale:
+                assert g.argmax() == r.argmax(), (len(prompt), step)
 
 
 def test_bf16_folder_has_a_bf16_cache(folder):
