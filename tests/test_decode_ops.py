@@ -167,7 +167,7 @@ def test_cuda_kernels_match_the_reference(kernels, dtype, seed):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_tensorrt_plugin_enqueue_matches_the_reference(dtype, seed):
-    """The TensorRT plugin of the op, driven as TensorRT drives it (tests/trt_plugins.py), on 30 cases."""
+    """The TensorRT plugin of the op, driven as TensorRT drives it (tests/trt_plugins.py), on 100 cases."""
     import os
 
     from dhsa_export.errors import DHSAError
@@ -181,7 +181,7 @@ def test_tensorrt_plugin_enqueue_matches_the_reference(dtype, seed):
             pytest.skip(f"TensorRT plugin library not built: {err}")
         raise
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    for _ in range(30):
+    for _ in range(N_CASES):
         c = _cuda_case(rng)
         q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
         if not _clear(c, q, full, sums):
@@ -215,6 +215,36 @@ def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, dtype, seed):
         out = torch.full_like(q, float("nan"))
         kernels.decode_attention(q, k, v, bd, sums, *attrs.values(), out=out)
         _check(out, want, dtype, (b, hkv, d, chunk, cache_len, attrs))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("path", ["cluster", "one CTA, chunks in shared memory", "one CTA, chunks in global memory"])
+def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
+    """Each way the kernels may select, forced: a cluster of CTAs per sample (Hopper), one CTA with its
+    chunks staged in shared memory, one CTA reading them from global memory (too many for shared memory)."""
+    if path == "cluster" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("thread block clusters need compute capability 9.0")
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    kernels.use_hopper_kernels(path == "cluster")
+    kernels.set_shared_memory_limit(20 * 1024 if path.endswith("global memory") else 0)
+    try:
+        for _ in range(12):
+            c = _cuda_case(rng)
+            c.prompt_len = rng.randint(3000, 12000)
+            c.cache_len = c.prompt_len + rng.randint(1, 40)
+            c.budget, c.block_size, c.chunk_beta = rng.randint(300, 2048), rng.choice([16, 64, 128]), rng.choice([4, 8])
+            c.local_tokens, c.global_tokens = rng.randint(0, 128), rng.randint(0, 128)
+            dtype = rng.choice([torch.float32, torch.bfloat16])
+            q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
+            if not _clear(c, q, full, sums):
+                continue
+            out = torch.full_like(q, float("nan"))
+            kernels.decode_attention(q, k, v, full, sums, *c.attrs.values(), out=out)
+            _check(out, reference.decode_attention(q, k, v, full, sums, **c.attrs), dtype, c)
+    finally:
+        kernels.use_hopper_kernels(True)
+        kernels.set_shared_memory_limit(0)
 
 
 @cuda

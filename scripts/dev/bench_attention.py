@@ -28,35 +28,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dhsa_export.native import cuda_kernels  # noqa: E402
 
-SHAPES = {"gemma2-2b": (8, 4, 256), "llama-8b": (32, 8, 128)}
+from cuda_timing import SHAPES, as_graph, timed  # noqa: E402
+
 BLOCK, LOCAL, GLOBAL, INSTR, BETA = 128, 128, 128, 64, 8
-
-
-def as_graph(fn):
-    """fn captured as a CUDA graph and replayed, as TensorRT or ORT would launch it (no Python per kernel)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # warm-up outside capture (lazy initialisation, cudaFuncSetAttribute)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
-def timed(fn, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 def peak_mib(fn) -> float:

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dhsa_export.native import cuda_kernels  # noqa: E402
 from dhsa_export.ops import reference  # noqa: E402
 
-SHAPES = {"gemma2-2b": (8, 4, 256), "llama-8b": (32, 8, 128)}
+from cuda_timing import SHAPES, as_graph, timed  # noqa: E402
+
 BLOCK, BETA, LOCAL, GLOBAL = 128, 8, 128, 128
 CHUNK = BLOCK // BETA
 PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0}  # HBM3 / HBM3e, SXM parts
@@ -45,33 +46,13 @@ def peak_gbps() -> float | None:
     return next((v for k, v in PEAK_GBPS.items() if k in name), None)
 
 
-def graph_of(step, copies: int, steps: int):
-    """`steps` consecutive calls step(i % copies) captured as one CUDA graph; returns replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(copies):
-            step(i)  # lazy initialisation outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(steps):
-            step(i % copies)
-    return graph.replay
-
-
 def per_step_ms(replay, steps: int, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        replay()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / steps)
-    return statistics.median(times)
+    return statistics.median(timed(replay, warmup, runs)) / steps
+
+
+def graph_of(step, copies: int, steps: int):
+    """`steps` consecutive calls step(i % copies) captured as one CUDA graph; returns its replay."""
+    return as_graph(*(lambda i=i: step(i % copies) for i in range(steps)))
 
 
 def dense_step(q, k, v):

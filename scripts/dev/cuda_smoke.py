@@ -5,7 +5,8 @@ key splits), L < budget, the fused selection + attention (separate output and in
 query), selection over groups of query blocks (512 and 1024 threads), output in place
 of the query, cut scores over 16-, 32- and 64-position tiles, cut selection in one CTA (candidates in
 shared memory, and in global memory without NMS) and device-wide; on Hopper both attention kernels,
-and cut selection and selection both in clusters of CTAs and without."""
+and cut selection and selection both in clusters of CTAs and without; decode steps with their
+selection in a cluster, in one CTA, and from global memory."""
 
 import sys
 from pathlib import Path
@@ -53,5 +54,22 @@ k40 = torch.randn(2, 1, 40000, 64, device="cuda", dtype=torch.bfloat16)
 for clusters in hopper:
     k_.use_hopper_kernels(clusters)
     k_.chunk_boundaries(k40, None, "similarity", 64, 4, 64, 4, 2, 0.0, 16)
+# Decode steps: one split and several, window, soft-cap, cache shorter than the budget; selection in a
+# cluster (Hopper), in one CTA from shared memory, and from global memory (shared memory capped).
+for b, hq, hkv, seq, dim, dt, budget, window, cap in [(2, 8, 4, 9000, 256, torch.bfloat16, 2048, 0, 50.0),
+                                                     (1, 4, 1, 3001, 96, torch.float16, 512, 700, 0.0),
+                                                     (3, 2, 2, 100, 64, torch.float32, 256, 0, 0.0)]:
+    q = torch.randn(b, hq, 1, dim, device="cuda", dtype=dt)
+    k = torch.randn(b, hkv, seq, dim, device="cuda", dtype=dt)
+    v = torch.randn(b, hkv, seq, dim, device="cuda", dtype=dt)
+    bd = torch.tensor([[*range(0, seq, 4), seq]] * b, dtype=torch.int32, device="cuda")
+    sums = torch.randn(b, bd.shape[1] - 1, dim, device="cuda")
+    for clusters, cap_smem in [(c, 0) for c in hopper] + [(False, 20 * 1024)]:
+        k_.use_hopper_kernels(clusters)
+        k_.set_shared_memory_limit(cap_smem)
+        k_.decode_attention(q, k, v, bd, sums, budget, 64, 64, dim ** -0.5, cap, window)
+        k_.decode_attention(q, k, v, bd, sums, budget, 64, 64, dim ** -0.5, cap, window, out=q.clone())
+k_.set_shared_memory_limit(0)
+k_.use_hopper_kernels(True)
 torch.cuda.synchronize()
 print("cuda_smoke: ok")

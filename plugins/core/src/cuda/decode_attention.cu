@@ -19,11 +19,15 @@ namespace cuda {
 namespace {
 
 constexpr int kScoreWarps = 8, kScoreChunksPerWarp = 4;
-constexpr int kSelectThreads = 1024;
+constexpr int kSelectThreads = 1024, kClusterSelectThreads = 512;
+constexpr unsigned kSelectCluster = kMaxClusterCtas;
 constexpr int kAttendWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per attention CTA; larger groups take several CTAs
 constexpr int kMaxSplits = 256;
-constexpr int kCtasPerSm = 2;
+#ifndef DHSA_DECODE_CTAS_PER_SM
+#define DHSA_DECODE_CTAS_PER_SM 6
+#endif
+constexpr int kCtasPerSm = DHSA_DECODE_CTAS_PER_SM;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeParams {
@@ -36,8 +40,8 @@ struct DecodeParams {
   float scale, softcap;
   float* scores;   // (B, M)
   int32_t* idx;    // (B, budget), the first `count` written
+  int* taken;      // (B, M) tokens taken per chunk, when the selection cannot stage them in shared memory
   int count;       // keys every sample attends to: min(budget, eligible)
-  int cbits;       // bits of a chunk index in the selection keys
   int splits, split_keys, gtiles;
   float *part_o, *part_ml;  // (B, Hq, splits, D), (B, Hq, splits, 2)
   bool vec;                 // rows aligned for vector loads
@@ -102,38 +106,41 @@ __global__ void __launch_bounds__(kScoreWarps * 32) DecodeScoreKernel(DecodePara
 
 // ---- 2. selection ---------------------------------------------------------------------------------
 
-// kStaged: each chunk's selection key and weight computed once into shared memory (the radix passes
-// then read shared memory, not L2); otherwise recomputed from global memory in every pass.
-template <bool kStaged>
-__global__ void __launch_bounds__(kSelectThreads) DecodeSelectKernel(DecodeParams p) {
+// One sample's selection, by one CTA or (kCluster) the CTAs of a thread block cluster, each over its
+// share of the chunks: the radix passes then loop over an eighth of the items, the cluster adding its
+// histograms through distributed shared memory. kStaged: each chunk's score key and weight staged once
+// in shared memory (the passes then read shared memory, not L2); otherwise read from global memory in
+// every pass, the per-chunk token counts going to the workspace.
+template <int kThreads, bool kCluster, bool kStaged>
+__global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
   after_predecessor();
-  using Scan = cub::BlockScan<int, kSelectThreads>;
+  using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ int tied_s, taken_s;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int b = blockIdx.x;
+  const unsigned rank = kCluster ? cluster_rank() : 0, ranks = kCluster ? cluster_ctas() : 1;
+  const int b = static_cast<int>(blockIdx.x / ranks);
   int32_t* out = p.idx + static_cast<int64_t>(b) * p.budget;
   const DecodeRange r = decode_range(p.seq, p.window, p.budget);
   const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
-  if (hi - lo <= p.budget) {  // everything eligible fits
-    for (int x = threadIdx.x; x < hi - lo; x += kSelectThreads) out[x] = lo + x;
+  if (hi - lo <= p.budget) {  // everything eligible fits (the same for every CTA of the cluster)
+    for (int x = rank * kThreads + threadIdx.x; x < hi - lo; x += ranks * kThreads) out[x] = lo + x;
     return;
   }
-  const int f0 = lo + p.global_tokens, f1 = hi - p.local_tokens, m = p.m;
-  const int32_t* row = p.bd + static_cast<int64_t>(b) * (m + 1);
-  const float* sc = p.scores + static_cast<int64_t>(b) * m;
-  // Ties of score go to the later chunk, whose tokens are the later positions: the chunk index in the
-  // low bits makes every key unique in that order.
-  auto key_g = [&](int c) {
-    return (static_cast<uint64_t>(orderable(sc[c])) << p.cbits) | static_cast<uint32_t>(c);
-  };
+  const int f0 = lo + p.global_tokens, f1 = hi - p.local_tokens;
+  const int share = (p.m + static_cast<int>(ranks) - 1) / static_cast<int>(ranks);
+  const int c0 = min(p.m, static_cast<int>(rank) * share), m = min(p.m, c0 + share) - c0;  // this CTA's chunks
+  const int32_t* row = p.bd + static_cast<int64_t>(b) * (p.m + 1) + c0;
+  const float* sc = p.scores + static_cast<int64_t>(b) * p.m + c0;
+  auto key_g = [&](int c) { return orderable(sc[c]); };
   auto weight_g = [&](int c) {
     const int s = max(clampi(row[c], 0, p.seq), f0), e = min(clampi(row[c + 1], 0, p.seq), f1);
     return max(0, e - s);
   };
-  uint64_t* key_s = reinterpret_cast<uint64_t*>(smem);
-  int* weight_s = reinterpret_cast<int*>(key_s + (kStaged ? m : 0));
+  uint32_t* key_s = reinterpret_cast<uint32_t*>(smem);
+  int* weight_s = reinterpret_cast<int*>(key_s + (kStaged ? share : 0));
   if constexpr (kStaged) {
-    for (int c = threadIdx.x; c < m; c += kSelectThreads) {
+    for (int c = threadIdx.x; c < m; c += kThreads) {
       key_s[c] = key_g(c);
       weight_s[c] = weight_g(c);
     }
@@ -143,33 +150,71 @@ __global__ void __launch_bounds__(kSelectThreads) DecodeSelectKernel(DecodeParam
   auto weight_of = [&](int c) { return kStaged ? weight_s[c] : weight_g(c); };
   const int remaining = p.budget - p.global_tokens - p.local_tokens;
   int64_t rest = 0;
-  uint64_t kth = ~0ull;
+  uint32_t kth = ~0u;
+  // The score of the last chunk the budget reaches (32-bit keys: four passes, not six with the chunk
+  // index appended); rest = tokens still to take from the chunks of exactly that score.
   if (remaining > 0)
-    kth = block_radix_select<kSelectThreads>(m, remaining, 32 + p.cbits, key_of,
-                                             [&](int c) { return static_cast<int64_t>(weight_of(c)); }, &rest);
-  // Tokens taken per chunk (whole above the k-th key, the rest from it), then their offsets in
-  // position order; a partly taken chunk keeps its most recent tokens.
-  const int per = (m + kSelectThreads - 1) / kSelectThreads;
+    kth = static_cast<uint32_t>(block_radix_select<kThreads, kCluster>(
+        m, remaining, 32, [&](int c) { return static_cast<uint64_t>(key_of(c)); },
+        [&](int c) { return static_cast<int64_t>(weight_of(c)); }, &rest));
+  // Tokens taken per chunk: whole above kth; among chunks of score kth the later chunk first (the
+  // rule's tie order, position descending), so a tied chunk gets rest minus what later ones hold.
+  const int per = (m + kThreads - 1) / kThreads;
   const int j0 = min(m, static_cast<int>(threadIdx.x) * per), j1 = min(m, j0 + per);
-  auto taken = [&](int c) -> int {
+  int* taken = kStaged ? weight_s : p.taken + static_cast<int64_t>(b) * p.m + c0;
+  int tied = 0;
+  for (int c = j0; c < j1; ++c)
+    if (remaining > 0 && key_of(c) == kth) tied += weight_of(c);
+  int tied_incl, tied_total;
+  Scan(scan_tmp).InclusiveSum(tied, tied_incl, tied_total);
+  int64_t after = tied_total - tied_incl;  // tied weight in later chunks of this CTA
+  if constexpr (kCluster) {  // ... and of the later CTAs
+    if (threadIdx.x == 0) tied_s = tied_total;
+    cluster_sync();  // every CTA's tied weight is in (and every radix histogram read)
+#pragma unroll
+    for (unsigned q = 0; q < kMaxClusterCtas; ++q)
+      if (q < ranks && q > rank) after += *in_cluster_cta(&tied_s, q);
+  }
+  for (int c = j1 - 1; c >= j0; --c) {
     const int w = weight_of(c);
-    if (w == 0 || remaining <= 0) return 0;
-    const uint64_t key = key_of(c);
-    return key > kth ? w : (key == kth ? min(static_cast<int>(rest), w) : 0);
-  };
+    int t = 0;
+    if (remaining > 0 && w > 0) {
+      const uint32_t key = key_of(c);
+      if (key > kth) {
+        t = w;
+      } else if (key == kth) {
+        const int64_t left = rest - after;
+        t = left <= 0 ? 0 : (left < w ? static_cast<int>(left) : w);
+        after += w;
+      }
+    }
+    taken[c] = t;  // over the weight just read (staged) or into the workspace
+  }
   int mine = 0;
-  for (int c = j0; c < j1; ++c) mine += taken(c);
-  int offset;
-  Scan(scan_tmp).ExclusiveSum(mine, offset);
+  for (int c = j0; c < j1; ++c) mine += taken[c];
+  int offset, total;
+  __syncthreads();  // scan_tmp is reused
+  Scan(scan_tmp).ExclusiveSum(mine, offset, total);
   offset += p.global_tokens;
+  if constexpr (kCluster) {  // the earlier CTAs' tokens come first
+    if (threadIdx.x == 0) taken_s = total;
+    cluster_sync();
+#pragma unroll
+    for (unsigned q = 0; q < kMaxClusterCtas; ++q)
+      if (q < rank) offset += *in_cluster_cta(&taken_s, q);
+    cluster_arrive();  // done with the other CTAs' shared memory
+  }
   const int free_end = p.budget - p.local_tokens;  // bounds the writes even for invalid boundaries
   for (int c = j0; c < j1; ++c) {
-    const int t = taken(c);
+    const int t = taken[c];
     const int e = min(clampi(row[c + 1], 0, p.seq), f1);
-    for (int x = e - t; x < e && offset < free_end; ++x) out[offset++] = x;
+    for (int x = e - t; x < e && offset < free_end; ++x) out[offset++] = x;  // a partial chunk: its latest tokens
   }
-  for (int x = threadIdx.x; x < p.global_tokens; x += kSelectThreads) out[x] = lo + x;
-  for (int x = threadIdx.x; x < p.local_tokens; x += kSelectThreads) out[free_end + x] = f1 + x;
+  if (rank == 0) {
+    for (int x = threadIdx.x; x < p.global_tokens; x += kThreads) out[x] = lo + x;
+    for (int x = threadIdx.x; x < p.local_tokens; x += kThreads) out[free_end + x] = f1 + x;
+  }
+  if constexpr (kCluster) cluster_wait();  // no CTA leaves while another may still read its shared memory
 }
 
 // ---- 3. split-K attention -------------------------------------------------------------------------
@@ -298,23 +343,51 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
 
 // ---- 4. merge of the splits -----------------------------------------------------------------------
 
+constexpr int kMergeCols = 32, kMergeGroups = 8;
+
+// Grid (ceil(D / 32), Hq, B): 32 output columns of one head per CTA, its 8 warps each summing every
+// 8th split, so many partial rows are in flight at once (a loop over the splits per column would wait
+// on one load at a time).
 template <typename T>
-__global__ void __launch_bounds__(128) DecodeMergeKernel(DecodeParams p) {
+__global__ void __launch_bounds__(kMergeCols * kMergeGroups) DecodeMergeKernel(DecodeParams p) {
   after_predecessor();
-  const int64_t hrow = static_cast<int64_t>(blockIdx.y) * p.hq + blockIdx.x;
+  __shared__ float w_s[kMaxSplits];
+  __shared__ float part_s[kMergeGroups][kMergeCols];
+  __shared__ float m_s, l_s;
+  const int64_t hrow = static_cast<int64_t>(blockIdx.z) * p.hq + blockIdx.y;
   const float* ml = p.part_ml + hrow * p.splits * 2;
-  float m_all = -INFINITY;
-  for (int s = 0; s < p.splits; ++s) m_all = fmaxf(m_all, ml[2 * s]);
-  for (int x = threadIdx.x; x < p.dim; x += blockDim.x) {
-    float l = 0.f, o = 0.f;
-    if (m_all != -INFINITY) {
-      for (int s = 0; s < p.splits; ++s) {
-        const float f = exp2f(ml[2 * s] - m_all);
-        l += ml[2 * s + 1] * f;
-        o += p.part_o[(hrow * p.splits + s) * p.dim + x] * f;
-      }
+  if (threadIdx.x < 32) {
+    float m = -INFINITY;
+    for (int s = threadIdx.x; s < p.splits; s += 32) m = fmaxf(m, ml[2 * s]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.f;
+    for (int s = threadIdx.x; s < p.splits; s += 32) {
+      const float w = m == -INFINITY ? 0.f : exp2f(ml[2 * s] - m);
+      w_s[s] = w;
+      l += w * ml[2 * s + 1];
     }
-    static_cast<T*>(p.out)[hrow * p.dim + x] = from_float<T>(l > 0.f ? o / l : 0.f);
+    l = warp_sum(l);
+    if (threadIdx.x == 0) {
+      m_s = m;
+      l_s = l;
+    }
+  }
+  __syncthreads();
+  const int col = threadIdx.x % kMergeCols, group = threadIdx.x / kMergeCols;
+  const int x = blockIdx.x * kMergeCols + col;
+  float o = 0.f;
+  if (x < p.dim) {
+    const float* src = p.part_o + hrow * p.splits * p.dim + x;
+#pragma unroll 4
+    for (int s = group; s < p.splits; s += kMergeGroups) o += src[static_cast<int64_t>(s) * p.dim] * w_s[s];
+  }
+  part_s[group][col] = o;
+  __syncthreads();
+  if (group == 0 && x < p.dim) {
+#pragma unroll
+    for (int g = 1; g < kMergeGroups; ++g) o += part_s[g][col];
+    static_cast<T*>(p.out)[hrow * p.dim + x] = from_float<T>(l_s > 0.f ? o / l_s : 0.f);
   }
 }
 
@@ -360,6 +433,31 @@ Status AttendForGroup(const DecodeParams& p, int g, cudaStream_t stream) {
   }
 }
 
+template <int kThreads, bool kCluster, bool kStaged>
+Status LaunchSelectKernel(const DecodeParams& p, unsigned ranks, size_t smem, cudaStream_t stream) {
+  auto kernel = DecodeSelectKernel<kThreads, kCluster, kStaged>;
+  if (smem > 0)
+    DHSA_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                     kDecodeAttention, "cudaFuncSetAttribute");
+  return CudaStatus(LaunchClustered(ranks, kernel, p.batch * ranks, kThreads, smem, stream, p), kDecodeAttention,
+                    "DecodeSelectKernel");
+}
+
+// A cluster of 8 CTAs per sample where the GPU has clusters (their chunks staged in shared memory),
+// else one CTA, staging its chunks when they fit.
+Status LaunchSelect(const DecodeParams& p, cudaStream_t stream) {
+  int max_smem = 0;
+  DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kDecodeAttention, "cudaDeviceGetAttribute");
+  const size_t per_chunk = sizeof(uint32_t) + sizeof(int), reserve = 16 * 1024;  // static: scan, radix histograms
+  const size_t cluster_smem = static_cast<size_t>((p.m + kSelectCluster - 1) / kSelectCluster) * per_chunk;
+  if (ClusterLaunch() && cluster_smem + reserve <= static_cast<size_t>(max_smem))
+    return LaunchSelectKernel<kClusterSelectThreads, true, true>(p, kSelectCluster, cluster_smem, stream);
+  const size_t staged = static_cast<size_t>(p.m) * per_chunk;
+  if (staged + reserve <= static_cast<size_t>(max_smem))
+    return LaunchSelectKernel<kSelectThreads, false, true>(p, 1, staged, stream);
+  return LaunchSelectKernel<kSelectThreads, false, false>(p, 1, 0, stream);
+}
+
 template <typename T>
 struct Decode {
   static Status Run(DecodeParams p, cudaStream_t stream) {
@@ -371,20 +469,7 @@ struct Decode {
                                     kScoreWarps * 32, p.dim * sizeof(float), stream, p),
                        op, "DecodeScoreKernel");
     }
-    int max_smem = 0;
-    DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), op, "cudaDeviceGetAttribute");
-    const size_t staged = static_cast<size_t>(p.m) * (sizeof(uint64_t) + sizeof(int));
-    // The static shared memory of the select kernel (scan and radix histograms) stays under 16 KiB.
-    if (staged + 16 * 1024 <= static_cast<size_t>(max_smem)) {
-      DHSA_CUDA_RETURN(cudaFuncSetAttribute(DecodeSelectKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(staged)),
-                       op, "cudaFuncSetAttribute");
-      DHSA_CUDA_RETURN(LaunchKernel(DecodeSelectKernel<true>, p.batch, kSelectThreads, staged, stream, p), op,
-                       "DecodeSelectKernel");
-    } else {
-      DHSA_CUDA_RETURN(LaunchKernel(DecodeSelectKernel<false>, p.batch, kSelectThreads, 0, stream, p), op,
-                       "DecodeSelectKernel");
-    }
+    DHSA_RETURN_IF_ERROR(LaunchSelect(p, stream));
     const int g = GroupTile(p.group);
     Status s;
     switch (PerLane(p.dim)) {
@@ -395,17 +480,12 @@ struct Decode {
     }
     DHSA_RETURN_IF_ERROR(s);
     if (p.splits > 1)
-      DHSA_CUDA_RETURN(LaunchKernel(DecodeMergeKernel<T>, dim3(p.hq, p.batch), 128, 0, stream, p), op,
-                       "DecodeMergeKernel");
+      DHSA_CUDA_RETURN(LaunchKernel(DecodeMergeKernel<T>, dim3((p.dim + kMergeCols - 1) / kMergeCols, p.hq, p.batch),
+                                    kMergeCols * kMergeGroups, 0, stream, p),
+                       op, "DecodeMergeKernel");
     return Status::Ok();
   }
 };
-
-int ChunkBits(int m) {
-  int bits = 1;
-  while ((int64_t{1} << bits) < m) ++bits;
-  return bits;
-}
 
 }  // namespace
 
@@ -413,7 +493,7 @@ size_t DecodeAttentionWorkspace(const DecodeAttentionAttrs& a, int64_t batch, in
                                 int64_t dim, int64_t m_plus_1) {
   (void)hkv;
   (void)cache_len;
-  return Workspace::Align(static_cast<size_t>(batch * (m_plus_1 - 1)) * sizeof(float)) +
+  return 2 * Workspace::Align(static_cast<size_t>(batch * (m_plus_1 - 1)) * sizeof(float)) +
          Workspace::Align(static_cast<size_t>(batch * a.budget) * sizeof(int32_t)) +
          Workspace::Align(static_cast<size_t>(batch * hq * kMaxSplits * dim) * sizeof(float)) +
          Workspace::Align(static_cast<size_t>(batch * hq * kMaxSplits * 2) * sizeof(float));
@@ -447,7 +527,6 @@ Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4&
   p.scale = a.scale;
   p.softcap = a.softcap;
   p.count = static_cast<int>(decode_range(k.l, a.sliding_window, a.budget).count);
-  p.cbits = ChunkBits(p.m);
   p.gtiles = (p.group + kMaxGroup - 1) / kMaxGroup;
   const size_t row_bytes = static_cast<size_t>(p.dim) * dtype_size(q.dtype);
   const int per = PerLane(p.dim);
@@ -460,6 +539,7 @@ Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4&
   DHSA_RETURN_IF_ERROR(ws.status());
   p.scores = ws.take<float>(static_cast<size_t>(p.batch) * p.m);
   p.idx = ws.take<int32_t>(static_cast<size_t>(p.batch) * p.budget);
+  p.taken = ws.take<int>(static_cast<size_t>(p.batch) * p.m);
   p.part_o = ws.take<float>(static_cast<size_t>(p.batch) * p.hq * kMaxSplits * p.dim);
   p.part_ml = ws.take<float>(static_cast<size_t>(p.batch) * p.hq * kMaxSplits * 2);
   return DispatchFloat<Decode>(q.dtype, p, s);
