@@ -33,9 +33,9 @@ size_t SelectAttentionWorkspace(const SelectAttentionAttrs& a, int64_t batch, in
 Status SelectAttention(const SelectAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v, const int32_t* bd,
                        int64_t n_plus_1, void* out, void* stream, void* workspace = nullptr);
 
-// DhsaDecodeAttention: chunk scores, the selection (one CTA per sample, a radix select over the chunks),
-// then split-K attention over the selected keys with the query heads of a kv head sharing every load,
-// and the merge of the splits. No host synchronisation: CUDA-graph safe.
+// DhsaDecodeAttention: chunk scores, the selection (a radix select over the chunks' scores by a cluster
+// of CTAs per sample, or one CTA), then split-K attention over the selected keys with the query heads
+// of a kv head sharing every load, and the merge of the splits. No host synchronisation: CUDA-graph safe.
 size_t DecodeAttentionWorkspace(const DecodeAttentionAttrs& a, int64_t batch, int64_t hq, int64_t hkv, int64_t cache_len,
                                 int64_t dim, int64_t m_plus_1);
 Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4& k, const Act4& v, const int32_t* bd,

@@ -1,8 +1,9 @@
 // DhsaDecodeAttention on CUDA: one cached step in four kernels, each waiting on its predecessor by
 // programmatic launch so their starts overlap the previous kernel's tail.
 //   1. DecodeScoreKernel   chunk scores q̄ · sum_c / sqrt(|c|), warps over chunks (reads M sums, not K keys)
-//   2. DecodeSelectKernel  one CTA per sample: the budgeted choice by a weighted radix select over the
-//                          chunks (no sort of the cache), indices written in position order
+//   2. DecodeSelectKernel  the budgeted choice by a weighted radix select over the chunks' scores (no
+//                          sort of the cache), a cluster of CTAs per sample on Hopper, else one CTA;
+//                          indices written in position order
 //   3. DecodeAttendKernel  split-K (flash-decoding) over the selected keys; a CTA serves all query heads
 //                          of one kv head, so every key and value row is loaded once per group
 //   4. DecodeMergeKernel   the splits' partial softmaxes merged (skipped when one split suffices)
@@ -24,10 +25,9 @@ constexpr unsigned kSelectCluster = kMaxClusterCtas;
 constexpr int kAttendWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per attention CTA; larger groups take several CTAs
 constexpr int kMaxSplits = 256;
-#ifndef DHSA_DECODE_CTAS_PER_SM
-#define DHSA_DECODE_CTAS_PER_SM 6
-#endif
-constexpr int kCtasPerSm = DHSA_DECODE_CTAS_PER_SM;
+// Attention CTAs aimed at per SM: a step's CTAs are short (tens of keys each at batch 1), so several
+// must be resident at once to keep each SM's loads in flight (6 measured faster than 2 on an H100).
+constexpr int kCtasPerSm = 6;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeParams {
