@@ -228,6 +228,7 @@ def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     kernels.use_hopper_kernels(path == "cluster")
     kernels.set_shared_memory_limit(20 * 1024 if path.endswith("global memory") else 0)
+    checked = 0
     try:
         for _ in range(12):
             c = _cuda_case(rng)
@@ -242,9 +243,11 @@ def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
             out = torch.full_like(q, float("nan"))
             kernels.decode_attention(q, k, v, full, sums, *c.attrs.values(), out=out)
             _check(out, reference.decode_attention(q, k, v, full, sums, **c.attrs), dtype, c)
+            checked += 1
     finally:
         kernels.use_hopper_kernels(True)
         kernels.set_shared_memory_limit(0)
+    assert checked >= 6, checked
 
 
 @cuda
