@@ -141,6 +141,18 @@ def _cuda_case(rng: random.Random) -> DecodeCase:
     return c
 
 
+def _check_on_gpu(decode, c: DecodeCase, gen: torch.Generator, dtype):
+    """One case through decode(q, k, v, boundaries, sums, *attrs, out=) into a poisoned output, checked
+    against the reference: (inputs, output), or None for a case whose selection hinges on a near tie."""
+    q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
+    if not _clear(c, q, full, sums):
+        return None
+    out = torch.full_like(q, float("nan"))
+    decode(q, k, v, full, sums, *c.attrs.values(), out=out)
+    _check(out, reference.decode_attention(q, k, v, full, sums, **c.attrs), dtype, c)
+    return (q, k, v, full, sums), out
+
+
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -149,14 +161,11 @@ def test_cuda_kernels_match_the_reference(kernels, dtype, seed):
     clear = 0
     for _ in range(N_CASES):
         c = _cuda_case(rng)
-        q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
-        if not _clear(c, q, full, sums):
+        checked = _check_on_gpu(kernels.decode_attention, c, gen, dtype)
+        if checked is None:
             continue
         clear += 1
-        want = reference.decode_attention(q, k, v, full, sums, **c.attrs)
-        out = torch.full_like(q, float("nan"))
-        kernels.decode_attention(q, k, v, full, sums, *c.attrs.values(), out=out)
-        _check(out, want, dtype, c)
+        (q, k, v, full, sums), out = checked
         in_place = q.clone()  # the output may take the query's buffer
         kernels.decode_attention(in_place, k, v, full, sums, *c.attrs.values(), out=in_place)
         assert torch.equal(in_place, out), c
@@ -182,13 +191,7 @@ def test_tensorrt_plugin_enqueue_matches_the_reference(dtype, seed):
         raise
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(N_CASES):
-        c = _cuda_case(rng)
-        q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
-        if not _clear(c, q, full, sums):
-            continue
-        out = torch.full_like(q, float("nan"))
-        trt.decode_attention(q, k, v, full, sums, *c.attrs.values(), out=out)
-        _check(out, reference.decode_attention(q, k, v, full, sums, **c.attrs), dtype, c)
+        _check_on_gpu(trt.decode_attention, _cuda_case(rng), gen, dtype)
 
 
 @cuda
@@ -237,13 +240,7 @@ def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
             c.budget, c.block_size, c.chunk_beta = rng.randint(300, 2048), rng.choice([16, 64, 128]), rng.choice([4, 8])
             c.local_tokens, c.global_tokens = rng.randint(0, 128), rng.randint(0, 128)
             dtype = rng.choice([torch.float32, torch.bfloat16])
-            q, k, v, _, full, sums = (t.cuda() for t in decode_tensors(c, gen, dtype))
-            if not _clear(c, q, full, sums):
-                continue
-            out = torch.full_like(q, float("nan"))
-            kernels.decode_attention(q, k, v, full, sums, *c.attrs.values(), out=out)
-            _check(out, reference.decode_attention(q, k, v, full, sums, **c.attrs), dtype, c)
-            checked += 1
+            checked += _check_on_gpu(kernels.decode_attention, c, gen, dtype) is not None
     finally:
         kernels.use_hopper_kernels(True)
         kernels.set_shared_memory_limit(0)
