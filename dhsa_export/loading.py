@@ -22,6 +22,7 @@ import torch
 
 from .errors import DHSAError, ModelNotFoundError
 from .recipes import Recipe
+from .torch_cpu import resolve_vml_dispatch
 
 Progress = Callable[[str], None]
 
@@ -193,6 +194,7 @@ def load(recipe: Recipe, model_path: str | None = None, dtype: str = "fp32",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
+    resolve_vml_dispatch()  # the model's own CPU math (RoPE, soft-caps) must be accurate from its first call
     t0 = time.perf_counter()
     source = resolve(recipe, model_path, progress)
     torch_dtype = DTYPES[dtype]
