@@ -5,7 +5,9 @@ module and switches the model to it; no model code is copied or patched. Prefill
 queries are all the keys) runs the `torch.ops.dhsa` ops (boundaries, then selection and attention in
 one op, or as two where selections are shared across layers); any step with a KV cache behind it
 (decode, continuation), and any layer type DHSA leaves out, runs dense attention with transformers'
-masks (`dense_attention_forward`).
+masks (`dense_attention_forward`), except the prefill of a sliding-window layer left out, which attends
+to each query block's window through the sparse attention op (`_windowed_prefill`: dense attention's
+result without an L x L score matrix).
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
     q_len, k_len = query.shape[2], key.shape[2]
     if q_len == 1 < k_len and rt.decode == "sparse" and module.layer_idx in rt.chunk_state:
         return _sparse_decode(rt, module, query, key, value, scaling, sliding_window, softcap)
+    if q_len == k_len and sliding_window and not rt.uses_dhsa(layer_type):
+        return _windowed_prefill(rt, module, query, key, value, attention_mask, scaling, sliding_window, softcap)
     if q_len != k_len or not rt.uses_dhsa(layer_type):
         return dense_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                        dropout=dropout, sliding_window=sliding_window, softcap=softcap, **kwargs)
@@ -170,6 +174,33 @@ def dhsa_attention_forward(module, query, key, value, attention_mask, scaling=No
                                                        cfg.instruction_tokens)
     if module.layer_idx == rt.last_layer:
         shared.clear()
+    return out.transpose(1, 2).contiguous(), None
+
+
+def window_selection(batch: int, seq: int, block_size: int, window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """DhsaSparseAttention's (indices, counts) that give each query block every key of its window: (B, nQB,
+    window + block_size - 1) int32 ascending, -1 past the count, and (B, nQB) int32."""
+    _, _, lo, hi = reference.block_ranges(seq, block_size, window, 0, device)
+    j = torch.arange(window + block_size - 1, device=device)
+    counts = hi - lo
+    indices = torch.where(j < counts[:, None], lo[:, None] + j, -1)
+    return (indices.to(torch.int32)[None].expand(batch, -1, -1).contiguous(),
+            counts.to(torch.int32)[None].expand(batch, -1).contiguous())
+
+
+def _windowed_prefill(rt: DHSARuntime, module, query, key, value, attention_mask, scaling, sliding_window, softcap):
+    """The prefill of a sliding-window layer DHSA leaves dense, as sparse attention over each query block's
+    whole window: the keys and the result of dense attention with the window mask, in O(L * W) time and
+    memory. The dense form scores all L x L pairs, which at long prompts no runtime should hold (and from
+    2^31 elements ONNX Runtime's CUDA elementwise kernels refuse)."""
+    b, _, q_len, _ = query.shape
+    if rt.check_padding and not torch.compiler.is_compiling():
+        _check_unpadded(attention_mask, q_len, sliding_window, query.device)
+    window = int(sliding_window)
+    scale = float(scaling if scaling is not None else module.head_dim**-0.5)
+    indices, counts = window_selection(b, q_len, rt.config.block_size, window, query.device)
+    out = ops.sparse_attention(query, key, value, indices, counts, rt.config.block_size, scale,
+                               float(softcap or 0.0), window, 0)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -33,10 +33,11 @@ def exported(tmp_path_factory):
         key = (name, flavour, tuple(sorted(kwargs.items())))
         if key not in cache:
             recipe, model = tiny(name)
-            if "budget" in kwargs:  # a deliberately different DHSA attribute
+            dhsa = {k: kwargs.pop(k) for k in ("budget", "layers") if k in kwargs}  # other DHSA settings
+            if dhsa:
                 from dhsa_export import recipes
 
-                recipe = recipes.with_overrides(recipe, dhsa={"budget": kwargs.pop("budget")})
+                recipe = recipes.with_overrides(recipe, dhsa=dhsa)
             attention.disable_dhsa(model)
             loaded = type("Loaded", (), {"model": model, "source": type("S", (), {"description": "test"})()})
             path = root / f"{name}-{flavour}-{len(cache)}.onnx"

@@ -48,12 +48,16 @@ def test_export_is_valid_onnx(exported, name, flavour):
 @pytest.mark.parametrize("flavour", ["portable", "plugin"])
 def test_matches_pytorch_in_ort(exported, name, flavour, seed):
     """portable: stock ORT; plugin: ORT with the DHSA op library (CPU kernels)."""
-    path = exported(name, flavour)
-    recipe, model = tiny(name)
+    recipe, _ = tiny(name)
+    _assert_ort_matches_pytorch(exported(name, flavour), name, recipe.dhsa, (17, 64, 200), seed)
+
+
+def _assert_ort_matches_pytorch(path, name, dhsa, lengths, seed):
+    _, model = tiny(name)
     session = runtime.ort_session(path)
-    attention.enable_dhsa(model, recipe.dhsa)
+    attention.enable_dhsa(model, dhsa)
     try:
-        for seq in (17, 64, 200):
+        for seq in lengths:
             ids = token_ids(2, seq, seed + seq)
             with torch.no_grad():
                 ref = model(ids).logits.numpy()
@@ -62,6 +66,19 @@ def test_matches_pytorch_in_ort(exported, name, flavour, seed):
             assert np.abs(got - ref).max() <= 1e-4, (seq, np.abs(got - ref).max())
     finally:
         attention.disable_dhsa(model)
+
+
+@pytest.mark.parametrize("flavour", ["portable", "plugin"])
+def test_sliding_layers_left_dense_run_on_their_window_in_ort(exported, flavour, seed):
+    """layers="global": each sliding layer's prefill is one windowed sparse attention in the graph (the dense
+    form's L x L scores are gone), and ORT gives PyTorch's logits."""
+    path = exported("tiny-gemma3", flavour, layers="global")
+    recipe, model = tiny("tiny-gemma3")
+    sliding = attention.layer_types(model).count("sliding")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "dhsa"]
+    if flavour == "plugin":
+        assert sorted(ops) == ["DhsaChunkBoundaries", "DhsaSelectAttention"] + ["DhsaSparseAttention"] * sliding
+    _assert_ort_matches_pytorch(path, "tiny-gemma3", recipe.dhsa.replace(layers="global"), (5, 40, 200), seed)
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])

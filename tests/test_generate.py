@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from dhsa_export import attention, export, generation, model_folder, runtime
+from dhsa_export import attention, export, generation, model_folder, recipes, runtime
 from dhsa_export.errors import DHSAError
 
 from .models import tiny
@@ -32,14 +32,15 @@ def folder(tmp_path_factory):
     cache = {}
     root = tmp_path_factory.mktemp("cached")
 
-    def get(name: str, flavour: str = "plugin", dtype: str = "fp32", decode: str = "dense"):
-        key = (name, flavour, dtype, decode)
+    def get(name: str, flavour: str = "plugin", dtype: str = "fp32", decode: str = "dense", layers: str = "all"):
+        key = (name, flavour, dtype, decode, layers)
         if key not in cache:
             recipe, model = tiny(name)
+            recipe = recipes.with_overrides(recipe, dhsa={"layers": layers})
             attention.disable_dhsa(model)
             loaded = type("Loaded", (), {"model": model, "tokenizer": None,
                                          "source": type("S", (), {"description": "test"})()})
-            path = root / f"{name}-{flavour}-{dtype}-{decode}"
+            path = root / f"{name}-{flavour}-{dtype}-{decode}-{layers}"
             export.export_cached(recipe, path, flavour=flavour, dtype=dtype, decode=decode, loaded=loaded)
             attention.disable_dhsa(model)
             cache[key] = path
@@ -56,11 +57,12 @@ def _prompts(recipe, seed: int) -> list[np.ndarray]:
     return [rng.integers(3, vocab, size=n) for n in (1, recipe.dhsa.budget // 2 + 3, longer)]
 
 
-def _reference(name: str, prompt: np.ndarray, eos: list[int], model=None, decode: str = "dense") -> list[int]:
+def _reference(name: str, prompt: np.ndarray, eos: list[int], model=None, decode: str = "dense",
+               layers: str = "all") -> list[int]:
     """PyTorch DHSA prefill + cached greedy steps (dense or sparse), cut after the first end-of-sequence token."""
     recipe, tiny_model = tiny(name)
     model = model or tiny_model
-    attention.enable_dhsa(model, recipe.dhsa, decode=decode)
+    attention.enable_dhsa(model, recipe.dhsa.replace(layers=layers), decode=decode)
     tokens, _ = runtime.TorchLM(model).cached_greedy(prompt, NEW_TOKENS)
     attention.disable_dhsa(model)
     stop = next((i for i, t in enumerate(tokens) if t in eos), None)
@@ -118,6 +120,18 @@ def test_sparse_decode_folder_generates_the_reference_tokens(folder, name, flavo
         assert loop.generate(prompt, NEW_TOKENS).tokens == want, (name, flavour, len(prompt))
     with pytest.raises(DHSAError, match="onnxruntime-genai cannot feed back"):
         generation.open_loop(opened, "genai")
+
+
+@pytest.mark.parametrize("decode", ["dense", "sparse"])
+def test_folder_with_dense_sliding_layers_generates_the_reference_tokens(folder, decode, seed):
+    """layers="global" (as gemma3-270m's recipe): the sliding layers' prefill attends to each block's window,
+    their cached steps densely; the own loop gives PyTorch's tokens."""
+    recipe, _ = tiny("tiny-gemma3")
+    opened = model_folder.open_folder(folder("tiny-gemma3", decode=decode, layers="global"))
+    loop = generation.OrtLoop(opened)
+    for prompt in _prompts(recipe, seed):
+        want = _reference("tiny-gemma3", prompt, opened.eos_ids, decode=decode, layers="global")
+        assert loop.generate(prompt, NEW_TOKENS).tokens == want, (decode, len(prompt))
 
 
 def test_check_compare_on_a_sparse_decode_folder(folder, tmp_path):

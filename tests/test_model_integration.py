@@ -84,6 +84,36 @@ def test_layer_selection(monkeypatch, layers, expected):
 
 
 @pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("seq", [1, 16, 31, 47, 48, 129])
+def test_sliding_layers_left_dense_attend_to_their_window(name, seq, monkeypatch, seed):
+    """layers="global": the sliding layers' prefill goes through the sparse attention op over each query
+    block's window (no L x L scores) and equals dense attention (soft-cap, GQA, window 32, blocks of 16)."""
+    recipe, model = tiny(name)
+    ids = token_ids(2, seq, seed)
+    attention.disable_dhsa(model)
+    dense = logits(model, ids)
+    spy = _Spy(monkeypatch, "sparse_attention")
+    attention.enable_dhsa(model, recipe.dhsa.replace(layers="global", budget=max(seq, recipe.dhsa.budget)))
+    got = logits(model, ids)
+    attention.disable_dhsa(model)
+    assert spy.calls == attention.layer_types(model).count("sliding")
+    assert (got - dense).abs().max().item() <= 1e-5
+
+
+def test_window_selection_holds_each_blocks_window(seed):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(20):
+        seq, block, window = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 300), (1, 40), (1, 90)))
+        indices, counts = attention.window_selection(3, seq, block, window, "cpu")
+        assert indices.shape == (3, -(-seq // block), window + block - 1) and indices.dtype == torch.int32
+        for i in range(indices.shape[1]):
+            first, last = max(0, i * block - window + 1), min(seq, (i + 1) * block)
+            n = int(counts[0, i])
+            assert indices[:, i, :n].tolist() == [list(range(first, last))] * 3, (seq, block, window, i)
+            assert (indices[:, i, n:] == -1).all()
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_decode_steps_are_dense(name, monkeypatch):
     """generate(): the prefill runs DHSA once, every cached decode step runs dense attention."""
     recipe, model = tiny(name)

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def main() -> None:
     from dhsa_export import recipes
 
     dhsa = recipes.load(args.model).dhsa.replace(layers=args.layers)
-    meta = {"model": args.model, "dhsa": dhsa.model_dump(), "machine": platform.machine(),
+    meta = {"model": args.model, "dhsa": dhsa.model_dump(), "date": date.today().isoformat(), "machine": platform.machine(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
             "onnxruntime": onnxruntime.__version__, "runs": args.runs, "input": "random token ids, batch 1",
             "logits": "last position only"}
