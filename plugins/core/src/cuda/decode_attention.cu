@@ -5,13 +5,15 @@
 //                          sort of the cache), a cluster of CTAs per sample on Hopper, else one CTA;
 //                          indices written in position order
 //   3. DecodeAttendKernel  split-K (flash-decoding) over the selected keys; a CTA serves all query heads
-//                          of one kv head, so every key and value row is loaded once per group
+//                          of one kv head, so every key and value row is loaded once per group; a
+//                          row spread over 4-32 lanes, so a warp works on several keys at once
 //   4. DecodeMergeKernel   the splits' partial softmaxes merged (skipped when one split suffices)
 // The memory the step reads is M * D * 4 bytes of sums plus count * D * 2 * sizeof(T) per kv head,
 // against K * D * 2 * sizeof(T) for dense attention.
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common.cuh"
 
@@ -241,17 +243,23 @@ __device__ __forceinline__ void load_part(const T* __restrict__ row, int x0, int
   for (int i = 0; i < kPer; ++i) out[i] = x0 + i < dim ? row[x0 + i] : from_float<T>(0.f);
 }
 
-// Grid (splits, Hkv * head tiles, B). Each warp runs an online softmax over its keys for up to kG
-// query heads; the CTA then merges its warps and writes the output (one split) or its partial.
-template <typename T, int kPer, int kG>
+// Grid (splits, Hkv * head tiles, B). A key row is spread over kLanes lanes of kPer elements (16-byte
+// loads where the row allows), so a warp works on 32 / kLanes keys at once and reduces each dot
+// product in log2(kLanes) shuffles (a warp per row spent most of a llama-8b step in shuffles); the
+// next step's indices are loaded before this step's rows are used. Each key group runs an online
+// softmax for up to kG query heads; the warp, then the CTA, merge theirs, and the CTA writes the
+// output (one split) or its partial.
+template <typename T, int kPer, int kLanes, int kG>
 __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodeParams p) {
-  constexpr int kUnroll = kG * kPer >= 32 ? 2 : 4;  // keys per warp step: loads in flight vs registers
+  constexpr int kSub = 32 / kLanes;                   // keys a warp works on at once
+  constexpr int kUnroll = kG * kPer >= 32 ? 2 : 4;    // such key groups per warp step
+  constexpr int kStep = kSub * kUnroll;               // keys per warp step
   after_predecessor();
-  __shared__ float o_s[kAttendWarps][kG][kPer * 32];
+  __shared__ float o_s[kAttendWarps][kG][kPer * kLanes];
   __shared__ float ml_s[kAttendWarps][kG][2];
   const int split = blockIdx.x, hk = blockIdx.y % p.hkv, tile = blockIdx.y / p.hkv, b = blockIdx.z;
   const int h0 = hk * p.group + tile * kG, heads = min(kG, p.group - tile * kG);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, x0 = lane * kPer;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / kLanes, x0 = (lane % kLanes) * kPer;
   const int key_begin = split * p.split_keys, key_end = min(p.count, key_begin + p.split_keys);
   const int32_t* idx = p.idx + static_cast<int64_t>(b) * p.budget;
   const int64_t kv_base = (static_cast<int64_t>(b) * p.hkv + hk) * p.seq;
@@ -274,17 +282,28 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
     mx[g] = -INFINITY;
     den[g] = 0.f;
   }
-  for (int j0 = key_begin + warp * kUnroll; j0 < key_end; j0 += kAttendWarps * kUnroll) {
+  const int stride = kAttendWarps * kStep;
+  int next[kUnroll];
+  auto load_idx = [&](int j0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = j0 + u * kSub + sub;
+      next[u] = j < key_end ? clampi(idx[j], 0, t) : -1;
+    }
+  };
+  load_idx(key_begin + warp * kStep);
+  for (int j0 = key_begin + warp * kStep; j0 < key_end; j0 += stride) {
     alignas(16) T kr[kUnroll][kPer];
     alignas(16) T vr[kUnroll][kPer];
     int pos[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      pos[u] = j0 + u < key_end ? clampi(idx[j0 + u], 0, t) : -1;
+      pos[u] = next[u];
       const int64_t at = static_cast<int64_t>(pos[u] < 0 ? 0 : pos[u]) * p.dim;
       load_part<T, kPer>(kbase + at, x0, p.dim, p.vec, kr[u]);
       load_part<T, kPer>(vbase + at, x0, p.dim, p.vec, vr[u]);
     }
+    load_idx(j0 + stride);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const bool ok = pos[u] >= 0 && (p.window == 0 || pos[u] > t - p.window);
@@ -293,7 +312,8 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < kPer; ++i) s += qr[g][i] * to_float(kr[u][i]);
-        s = warp_sum(s);
+#pragma unroll
+        for (int o = kLanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (p.softcap > 0.f) s = tanhf(s / p.softcap) * p.softcap * kLog2e;
         if (!ok) continue;
         const float m_new = fmaxf(mx[g], s), corr = exp2f(mx[g] - m_new), e = exp2f(s - m_new);
@@ -304,13 +324,30 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
       }
     }
   }
+  // The warp's key groups merged into lanes 0 .. kLanes - 1.
 #pragma unroll
-  for (int g = 0; g < kG; ++g) {
+  for (int o = kLanes; o < 32; o <<= 1) {
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) o_s[warp][g][x0 + i] = acc[g][i];
-    if (lane == 0) {
-      ml_s[warp][g][0] = mx[g];
-      ml_s[warp][g][1] = den[g];
+    for (int g = 0; g < kG; ++g) {
+      const float m_o = __shfl_xor_sync(0xffffffffu, mx[g], o), d_o = __shfl_xor_sync(0xffffffffu, den[g], o);
+      const float m_new = fmaxf(mx[g], m_o);
+      const float f = m_new == -INFINITY ? 0.f : exp2f(mx[g] - m_new);
+      const float f_o = m_new == -INFINITY ? 0.f : exp2f(m_o - m_new);
+      den[g] = den[g] * f + d_o * f_o;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) acc[g][i] = acc[g][i] * f + __shfl_xor_sync(0xffffffffu, acc[g][i], o) * f_o;
+      mx[g] = m_new;
+    }
+  }
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < kG; ++g) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) o_s[warp][g][x0 + i] = acc[g][i];
+      if (lane == 0) {
+        ml_s[warp][g][0] = mx[g];
+        ml_s[warp][g][1] = den[g];
+      }
     }
   }
   __syncthreads();
@@ -393,11 +430,16 @@ __global__ void __launch_bounds__(kMergeCols * kMergeGroups) DecodeMergeKernel(D
 
 // ---- launch -----------------------------------------------------------------------------------------
 
-int PerLane(int dim) {  // elements per lane: a power of two covering dim with 32 lanes
-  int per = 1;
-  while (per * 32 < dim) per *= 2;
-  return per;
+#ifdef DHSA_DECODE_TUNING
+// Measurement builds only (-DDHSA_DECODE_TUNING): launch choices read from the environment at every
+// launch, so that one build and one process time many of them.
+int Tuned(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
+#else
+constexpr int Tuned(const char*, int fallback) { return fallback; }
+#endif
 
 int GroupTile(int group) {
   int g = 1;
@@ -405,32 +447,60 @@ int GroupTile(int group) {
   return g;
 }
 
-// Splits of the selected keys: about kCtasPerSm CTAs per SM over (sample, kv head, head tile), each
+// Lanes per key row and elements per lane of the attention: 16 bytes per lane (two loads for float
+// rows longer than 128), the lanes a power of two from 4 to 32 covering the row.
+struct RowSpread {
+  int per, lanes;
+};
+RowSpread RowSpreadOf(int dim, size_t elem) {
+  int per = static_cast<int>(16 / elem);
+  if (per * 32 < dim) per *= 2;
+  int lanes = 4;
+  while (lanes < 32 && lanes * per < dim) lanes *= 2;
+  return {per, lanes};
+}
+
+// Splits of the selected keys: about ctas_per_sm CTAs per SM over (sample, kv head, head tile), each
 // split a whole number of warp steps. A step's attention is short: enough CTAs must be resident at
 // once to keep the loads of every SM in flight.
-void PlanSplits(DecodeParams* p, int sms) {
+void PlanSplits(DecodeParams* p, int sms, int ctas_per_sm) {
   const int items = p->batch * p->hkv * p->gtiles;
   const int step = kAttendWarps * 4;
-  int splits = std::max(1, std::min({kMaxSplits, (kCtasPerSm * sms + items - 1) / items, (p->count + step - 1) / step}));
+  int splits = std::max(1, std::min({kMaxSplits, (ctas_per_sm * sms + items - 1) / items, (p->count + step - 1) / step}));
   p->split_keys = ((p->count + splits - 1) / splits + step - 1) / step * step;
   p->splits = std::max(1, (p->count + p->split_keys - 1) / p->split_keys);
 }
 
-template <typename T, int kPer, int kG>
-Status LaunchAttend(const DecodeParams& p, cudaStream_t stream) {
-  return CudaStatus(LaunchKernel(DecodeAttendKernel<T, kPer, kG>, dim3(p.splits, p.hkv * p.gtiles, p.batch),
-                                 kAttendWarps * 32, 0, stream, p),
-                    kDecodeAttention, "DecodeAttendKernel");
+template <typename T, int kPer, int kLanes>
+Status LaunchAttend(const DecodeParams& p, int g, cudaStream_t stream) {
+  const dim3 grid(p.splits, p.hkv * p.gtiles, p.batch);
+  cudaError_t e;
+  switch (g) {
+    case 1: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 1>, grid, kAttendWarps * 32, 0, stream, p); break;
+    case 2: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 2>, grid, kAttendWarps * 32, 0, stream, p); break;
+    case 4: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 4>, grid, kAttendWarps * 32, 0, stream, p); break;
+    default: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 8>, grid, kAttendWarps * 32, 0, stream, p); break;
+  }
+  return CudaStatus(e, kDecodeAttention, "DecodeAttendKernel");
 }
 
 template <typename T, int kPer>
-Status AttendForGroup(const DecodeParams& p, int g, cudaStream_t stream) {
-  switch (g) {
-    case 1: return LaunchAttend<T, kPer, 1>(p, stream);
-    case 2: return LaunchAttend<T, kPer, 2>(p, stream);
-    case 4: return LaunchAttend<T, kPer, 4>(p, stream);
-    default: return LaunchAttend<T, kPer, 8>(p, stream);
+Status AttendForLanes(const DecodeParams& p, int lanes, int g, cudaStream_t stream) {
+  switch (lanes) {
+    case 4: return LaunchAttend<T, kPer, 4>(p, g, stream);
+    case 8: return LaunchAttend<T, kPer, 8>(p, g, stream);
+    case 16: return LaunchAttend<T, kPer, 16>(p, g, stream);
+    default: return LaunchAttend<T, kPer, 32>(p, g, stream);
   }
+}
+
+template <typename T>
+Status LaunchAttention(const DecodeParams& p, RowSpread r, cudaStream_t stream) {
+  const int g = GroupTile(p.group);
+  if constexpr (sizeof(T) == 4) {
+    if (r.per == 4) return AttendForLanes<T, 4>(p, r.lanes, g, stream);
+  }
+  return AttendForLanes<T, 8>(p, r.lanes, g, stream);  // 16-bit rows, and float rows over 128
 }
 
 template <int kThreads, bool kCluster, bool kStaged>
@@ -450,7 +520,7 @@ Status LaunchSelect(const DecodeParams& p, cudaStream_t stream) {
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kDecodeAttention, "cudaDeviceGetAttribute");
   const size_t per_chunk = sizeof(uint32_t) + sizeof(int), reserve = 16 * 1024;  // static: scan, radix histograms
   const size_t cluster_smem = static_cast<size_t>((p.m + kSelectCluster - 1) / kSelectCluster) * per_chunk;
-  if (ClusterLaunch() && cluster_smem + reserve <= static_cast<size_t>(max_smem))
+  if (ClusterLaunch() && p.m >= Tuned("DHSA_DECODE_CLUSTER_FROM", 0) && cluster_smem + reserve <= static_cast<size_t>(max_smem))
     return LaunchSelectKernel<kClusterSelectThreads, true, true>(p, kSelectCluster, cluster_smem, stream);
   const size_t staged = static_cast<size_t>(p.m) * per_chunk;
   if (staged + reserve <= static_cast<size_t>(max_smem))
@@ -470,15 +540,7 @@ struct Decode {
                        op, "DecodeScoreKernel");
     }
     DHSA_RETURN_IF_ERROR(LaunchSelect(p, stream));
-    const int g = GroupTile(p.group);
-    Status s;
-    switch (PerLane(p.dim)) {
-      case 1: s = AttendForGroup<T, 1>(p, g, stream); break;
-      case 2: s = AttendForGroup<T, 2>(p, g, stream); break;
-      case 4: s = AttendForGroup<T, 4>(p, g, stream); break;
-      default: s = AttendForGroup<T, 8>(p, g, stream); break;
-    }
-    DHSA_RETURN_IF_ERROR(s);
+    DHSA_RETURN_IF_ERROR(LaunchAttention<T>(p, RowSpreadOf(p.dim, sizeof(T)), stream));
     if (p.splits > 1)
       DHSA_CUDA_RETURN(LaunchKernel(DecodeMergeKernel<T>, dim3((p.dim + kMergeCols - 1) / kMergeCols, p.hq, p.batch),
                                     kMergeCols * kMergeGroups, 0, stream, p),
@@ -528,13 +590,13 @@ Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4&
   p.softcap = a.softcap;
   p.count = static_cast<int>(decode_range(k.l, a.sliding_window, a.budget).count);
   p.gtiles = (p.group + kMaxGroup - 1) / kMaxGroup;
-  const size_t row_bytes = static_cast<size_t>(p.dim) * dtype_size(q.dtype);
-  const int per = PerLane(p.dim);
+  const size_t elem = dtype_size(q.dtype), row_bytes = static_cast<size_t>(p.dim) * elem;
+  const int per = RowSpreadOf(p.dim, elem).per;
   p.vec = p.dim % per == 0 && reinterpret_cast<uintptr_t>(k.data) % 16 == 0 &&
-          reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && row_bytes % std::min<size_t>(16, per * dtype_size(q.dtype)) == 0;
+          reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && row_bytes % std::min<size_t>(16, per * elem) == 0;
   int sms = 0;
   DHSA_CUDA_RETURN(DeviceAttribute(cudaDevAttrMultiProcessorCount, &sms), op, "cudaDeviceGetAttribute");
-  PlanSplits(&p, sms);
+  PlanSplits(&p, sms, Tuned("DHSA_DECODE_CTAS_PER_SM", kCtasPerSm));
   Workspace ws(workspace, DecodeAttentionWorkspace(a, q.b, q.h, k.h, k.l, q.d, m_plus_1), s, op);
   DHSA_RETURN_IF_ERROR(ws.status());
   p.scores = ws.take<float>(static_cast<size_t>(p.batch) * p.m);
