@@ -55,8 +55,9 @@ for clusters in hopper:
     k_.use_hopper_kernels(clusters)
     k_.chunk_boundaries(k40, None, "similarity", 64, 4, 64, 4, 2, 0.0, 16)
 # Decode steps: one split and several, window, soft-cap, cache shorter than the budget; selection in a
-# cluster (Hopper), in one CTA from shared memory, and from global memory (shared memory capped).
-for b, hq, hkv, seq, dim, dt, budget, window, cap in [(2, 8, 4, 9000, 256, torch.bfloat16, 2048, 0, 50.0),
+# cluster (Hopper, 4096 chunks and more), in one CTA from shared memory, and from global memory
+# (shared memory capped).
+for b, hq, hkv, seq, dim, dt, budget, window, cap in [(2, 8, 4, 17000, 256, torch.bfloat16, 2048, 0, 50.0),
                                                      (1, 4, 1, 3001, 96, torch.float16, 512, 700, 0.0),
                                                      (3, 2, 2, 100, 64, torch.float32, 256, 0, 0.0)]:
     q = torch.randn(b, hq, 1, dim, device="cuda", dtype=dt)

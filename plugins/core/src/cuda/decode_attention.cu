@@ -2,7 +2,8 @@
 // programmatic launch so their starts overlap the previous kernel's tail.
 //   1. DecodeScoreKernel   chunk scores q̄ · sum_c / sqrt(|c|), warps over chunks (reads M sums, not K keys)
 //   2. DecodeSelectKernel  the budgeted choice by a weighted radix select over the chunks' scores (no
-//                          sort of the cache), a cluster of CTAs per sample on Hopper, else one CTA;
+//                          sort of the cache), a cluster of CTAs per sample on Hopper from 4096
+//                          chunks on, else one CTA;
 //                          indices written in position order
 //   3. DecodeAttendKernel  split-K (flash-decoding) over the selected keys; a CTA serves all query heads
 //                          of one kv head, so every key and value row is loaded once per group; a
@@ -30,6 +31,10 @@ constexpr int kMaxSplits = 256;
 // Attention CTAs aimed at per SM: a step's CTAs are short (tens of keys each at batch 1), so several
 // must be resident at once to keep each SM's loads in flight (6 measured faster than 2 on an H100).
 constexpr int kCtasPerSm = 6;
+// Fewest chunks for which the selection runs in a cluster: below it one CTA's radix passes, each
+// ending in a CTA barrier, beat the cluster's barriers (H100, batch 1: 4K 23.3 -> 22.7 us, 32K 26.1 ->
+// 24.6), above it the cluster's eight SMs win (128K: one CTA 38.7 us, the cluster 29.1).
+constexpr int kClusterSelectFrom = 4096;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeParams {
@@ -513,14 +518,14 @@ Status LaunchSelectKernel(const DecodeParams& p, unsigned ranks, size_t smem, cu
                     "DecodeSelectKernel");
 }
 
-// A cluster of 8 CTAs per sample where the GPU has clusters (their chunks staged in shared memory),
-// else one CTA, staging its chunks when they fit.
+// A cluster of 8 CTAs per sample where the GPU has clusters and the chunks are many (their chunks
+// staged in shared memory), else one CTA, staging its chunks when they fit.
 Status LaunchSelect(const DecodeParams& p, cudaStream_t stream) {
   int max_smem = 0;
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kDecodeAttention, "cudaDeviceGetAttribute");
   const size_t per_chunk = sizeof(uint32_t) + sizeof(int), reserve = 16 * 1024;  // static: scan, radix histograms
   const size_t cluster_smem = static_cast<size_t>((p.m + kSelectCluster - 1) / kSelectCluster) * per_chunk;
-  if (ClusterLaunch() && p.m >= Tuned("DHSA_DECODE_CLUSTER_FROM", 0) && cluster_smem + reserve <= static_cast<size_t>(max_smem))
+  if (ClusterLaunch() && p.m >= Tuned("DHSA_DECODE_CLUSTER_FROM", kClusterSelectFrom) && cluster_smem + reserve <= static_cast<size_t>(max_smem))
     return LaunchSelectKernel<kClusterSelectThreads, true, true>(p, kSelectCluster, cluster_smem, stream);
   const size_t staged = static_cast<size_t>(p.m) * per_chunk;
   if (staged + reserve <= static_cast<size_t>(max_smem))
