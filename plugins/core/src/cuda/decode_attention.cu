@@ -28,9 +28,6 @@ constexpr unsigned kSelectCluster = kMaxClusterCtas;
 constexpr int kAttendWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per attention CTA; larger groups take several CTAs
 constexpr int kMaxSplits = 256;
-// Attention CTAs aimed at per SM: a step's CTAs are short (tens of keys each at batch 1), so several
-// must be resident at once to keep each SM's loads in flight (6 measured faster than 2 on an H100).
-constexpr int kCtasPerSm = 6;
 // Fewest chunks for which the selection runs in a cluster: below it one CTA's radix passes, each
 // ending in a CTA barrier, beat the cluster's barriers (H100, batch 1: 4K 23.3 -> 22.7 us, 32K 26.1 ->
 // 24.6), above it the cluster's eight SMs win (128K: one CTA 38.7 us, the cluster 29.1).
@@ -465,47 +462,49 @@ RowSpread RowSpreadOf(int dim, size_t elem) {
   return {per, lanes};
 }
 
-// Splits of the selected keys: about ctas_per_sm CTAs per SM over (sample, kv head, head tile), each
-// split a whole number of warp steps. A step's attention is short: enough CTAs must be resident at
-// once to keep the loads of every SM in flight.
-void PlanSplits(DecodeParams* p, int sms, int ctas_per_sm) {
+// Splits of the selected keys: one wave of the attention's CTAs over (sample, kv head, head tile) —
+// as many as the SMs hold at once (`resident` per SM), each split a whole number of warp steps. A
+// step's attention is short: every SM must have loads in flight, and a CTA that waits for a second
+// wave costs a whole CTA's latency (H100, batch 8 at 4K: one wave of 4 per SM 61.5 us for llama-8b,
+// 48.1 for gemma2-2b; 6 per SM, a wave and a half, 70.7 and 56.7).
+void PlanSplits(DecodeParams* p, int sms, int resident) {
   const int items = p->batch * p->hkv * p->gtiles;
   const int step = kAttendWarps * 4;
-  int splits = std::max(1, std::min({kMaxSplits, (ctas_per_sm * sms + items - 1) / items, (p->count + step - 1) / step}));
+  int splits = std::max(1, std::min({kMaxSplits, resident * sms / items, (p->count + step - 1) / step}));
   p->split_keys = ((p->count + splits - 1) / splits + step - 1) / step * step;
   p->splits = std::max(1, (p->count + p->split_keys - 1) / p->split_keys);
 }
 
+using AttendKernel = void (*)(DecodeParams);
+
 template <typename T, int kPer, int kLanes>
-Status LaunchAttend(const DecodeParams& p, int g, cudaStream_t stream) {
-  const dim3 grid(p.splits, p.hkv * p.gtiles, p.batch);
-  cudaError_t e;
+AttendKernel AttendFor(int g) {
   switch (g) {
-    case 1: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 1>, grid, kAttendWarps * 32, 0, stream, p); break;
-    case 2: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 2>, grid, kAttendWarps * 32, 0, stream, p); break;
-    case 4: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 4>, grid, kAttendWarps * 32, 0, stream, p); break;
-    default: e = LaunchKernel(DecodeAttendKernel<T, kPer, kLanes, 8>, grid, kAttendWarps * 32, 0, stream, p); break;
+    case 1: return DecodeAttendKernel<T, kPer, kLanes, 1>;
+    case 2: return DecodeAttendKernel<T, kPer, kLanes, 2>;
+    case 4: return DecodeAttendKernel<T, kPer, kLanes, 4>;
+    default: return DecodeAttendKernel<T, kPer, kLanes, 8>;
   }
-  return CudaStatus(e, kDecodeAttention, "DecodeAttendKernel");
 }
 
 template <typename T, int kPer>
-Status AttendForLanes(const DecodeParams& p, int lanes, int g, cudaStream_t stream) {
+AttendKernel AttendForLanes(int lanes, int g) {
   switch (lanes) {
-    case 4: return LaunchAttend<T, kPer, 4>(p, g, stream);
-    case 8: return LaunchAttend<T, kPer, 8>(p, g, stream);
-    case 16: return LaunchAttend<T, kPer, 16>(p, g, stream);
-    default: return LaunchAttend<T, kPer, 32>(p, g, stream);
+    case 4: return AttendFor<T, kPer, 4>(g);
+    case 8: return AttendFor<T, kPer, 8>(g);
+    case 16: return AttendFor<T, kPer, 16>(g);
+    default: return AttendFor<T, kPer, 32>(g);
   }
 }
 
+// The attention kernel for a row spread and group tile g.
 template <typename T>
-Status LaunchAttention(const DecodeParams& p, RowSpread r, cudaStream_t stream) {
-  const int g = GroupTile(p.group);
-  if constexpr (sizeof(T) == 4) {
-    if (r.per == 4) return AttendForLanes<T, 4>(p, r.lanes, g, stream);
+AttendKernel AttendKernelOf(RowSpread r, int g) {
+  if constexpr (sizeof(T) == 4) {  // float rows over 128 take two loads on each of the 32 lanes
+    return r.per == 4 ? AttendForLanes<T, 4>(r.lanes, g) : AttendFor<T, 8, 32>(g);
+  } else {
+    return AttendForLanes<T, 8>(r.lanes, g);
   }
-  return AttendForLanes<T, 8>(p, r.lanes, g, stream);  // 16-bit rows, and float rows over 128
 }
 
 template <int kThreads, bool kCluster, bool kStaged>
@@ -535,7 +534,7 @@ Status LaunchSelect(const DecodeParams& p, cudaStream_t stream) {
 
 template <typename T>
 struct Decode {
-  static Status Run(DecodeParams p, cudaStream_t stream) {
+  static Status Run(DecodeParams p, RowSpread spread, int sms, cudaStream_t stream) {
     const char* op = kDecodeAttention;
     const DecodeRange r = decode_range(p.seq, p.window, p.budget);
     if (r.hi - r.lo > p.budget) {  // else the selection keeps every eligible key and reads no score
@@ -545,7 +544,13 @@ struct Decode {
                        op, "DecodeScoreKernel");
     }
     DHSA_RETURN_IF_ERROR(LaunchSelect(p, stream));
-    DHSA_RETURN_IF_ERROR(LaunchAttention<T>(p, RowSpreadOf(p.dim, sizeof(T)), stream));
+    const AttendKernel attend = AttendKernelOf<T>(spread, GroupTile(p.group));
+    int resident = 0;
+    DHSA_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, attend, kAttendWarps * 32, 0), op,
+                     "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    PlanSplits(&p, sms, Tuned("DHSA_DECODE_CTAS_PER_SM", std::max(1, resident)));
+    DHSA_CUDA_RETURN(LaunchKernel(attend, dim3(p.splits, p.hkv * p.gtiles, p.batch), kAttendWarps * 32, 0, stream, p),
+                     op, "DecodeAttendKernel");
     if (p.splits > 1)
       DHSA_CUDA_RETURN(LaunchKernel(DecodeMergeKernel<T>, dim3((p.dim + kMergeCols - 1) / kMergeCols, p.hq, p.batch),
                                     kMergeCols * kMergeGroups, 0, stream, p),
@@ -596,12 +601,12 @@ Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4&
   p.count = static_cast<int>(decode_range(k.l, a.sliding_window, a.budget).count);
   p.gtiles = (p.group + kMaxGroup - 1) / kMaxGroup;
   const size_t elem = dtype_size(q.dtype), row_bytes = static_cast<size_t>(p.dim) * elem;
-  const int per = RowSpreadOf(p.dim, elem).per;
+  const RowSpread spread = RowSpreadOf(p.dim, elem);
+  const int per = spread.per;
   p.vec = p.dim % per == 0 && reinterpret_cast<uintptr_t>(k.data) % 16 == 0 &&
           reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && row_bytes % std::min<size_t>(16, per * elem) == 0;
   int sms = 0;
   DHSA_CUDA_RETURN(DeviceAttribute(cudaDevAttrMultiProcessorCount, &sms), op, "cudaDeviceGetAttribute");
-  PlanSplits(&p, sms, Tuned("DHSA_DECODE_CTAS_PER_SM", kCtasPerSm));
   Workspace ws(workspace, DecodeAttentionWorkspace(a, q.b, q.h, k.h, k.l, q.d, m_plus_1), s, op);
   DHSA_RETURN_IF_ERROR(ws.status());
   p.scores = ws.take<float>(static_cast<size_t>(p.batch) * p.m);
@@ -609,7 +614,7 @@ Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4&
   p.taken = ws.take<int>(static_cast<size_t>(p.batch) * p.m);
   p.part_o = ws.take<float>(static_cast<size_t>(p.batch) * p.hq * kMaxSplits * p.dim);
   p.part_ml = ws.take<float>(static_cast<size_t>(p.batch) * p.hq * kMaxSplits * 2);
-  return DispatchFloat<Decode>(q.dtype, p, s);
+  return DispatchFloat<Decode>(q.dtype, p, spread, sms, s);
 }
 
 }  // namespace cuda
