@@ -78,6 +78,15 @@ def dense_step(q, k, v):
     return best[0], best[1]
 
 
+def decode_fn(kernels, q, k, v, budget):
+    """One DhsaDecodeAttention step of the query q (B, Hq, 1, D) against the cache k, v, chunked as the
+    benchmark chunks it."""
+    bd = reference.chunk_boundaries(k, None, "fixed", BLOCK, BETA, CHUNK, 2, 1, 0.0, 0)
+    sums = reference.decode_chunk_sums(k, bd)
+    dim = q.shape[-1]
+    return lambda: kernels.decode_attention(q, k, v, bd, sums, budget, LOCAL, GLOBAL, dim ** -0.5, 0.0, 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="4096,16384,32768,65536,131072")

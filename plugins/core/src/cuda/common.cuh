@@ -84,7 +84,10 @@ __device__ __forceinline__ void after_predecessor() {
 // with its SM and what it worked on: what scripts/dev/trace_pipeline.py turns into the pipeline's
 // timeline. Off by default: a record costs a global atomic per CTA.
 // TraceRecord.kernel:
-enum TraceKernel : uint32_t { kTraceCutScores = 1, kTraceSelectCuts, kTraceReps, kTraceSelect, kTraceAttention, kTraceMerge };
+enum TraceKernel : uint32_t {
+  kTraceCutScores = 1, kTraceSelectCuts, kTraceReps, kTraceSelect, kTraceAttention, kTraceMerge,
+  kTraceDecodeScores, kTraceDecodeSelect, kTraceDecodeAttend, kTraceDecodeMerge
+};
 #ifdef DHSA_TRACE
 constexpr unsigned kTraceCapacity = 1u << 15;
 struct TraceLog {
@@ -108,6 +111,7 @@ int ReadTraceLog(TraceRecord* out, int cap) {
 [[maybe_unused]] const bool g_trace_registered = (RegisterTraceReader(&ReadTraceLog), true);
 }  // namespace
 // Records the CTA when it goes out of scope (early returns included), from thread `recorder`.
+// phase(): a kernel of several steps records each as its own record (item = the step's number).
 class CtaTrace {
  public:
   __device__ explicit CtaTrace(uint32_t kernel, int recorder = 0)
@@ -117,17 +121,25 @@ class CtaTrace {
   __device__ void ready() {
     if (on_) ready_ = now();
   }
-  __device__ ~CtaTrace() {
+  __device__ void phase() {
     if (!on_) return;
+    record();
+    start_ = ready_ = now();
+    ++item;
+  }
+  __device__ ~CtaTrace() {
+    if (on_) record();
+  }
+  uint32_t item = 0;
+
+ private:
+  __device__ void record() const {
     uint32_t sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
     const unsigned slot = atomicAdd(&g_trace_log.n, 1u);
     if (slot < kTraceCapacity)
       g_trace_log.rec[slot] = {start_, ready_, now(), kernel_, sm, blockIdx.x + gridDim.x * blockIdx.y, item};
   }
-  uint32_t item = 0;
-
- private:
   __device__ static uint64_t now() {
     uint64_t t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -142,6 +154,7 @@ class CtaTrace {
  public:
   __device__ explicit CtaTrace(uint32_t, int = 0) {}
   __device__ void ready() {}
+  __device__ void phase() {}
   uint32_t item = 0;
 };
 #endif

@@ -63,7 +63,9 @@ __device__ __forceinline__ int clampi(int x, int lo, int hi) { return x < lo ? l
 
 template <typename T>
 __global__ void __launch_bounds__(kScoreWarps * 32) DecodeScoreKernel(DecodeParams p) {
+  CtaTrace trace(kTraceDecodeScores);
   after_predecessor();
+  trace.ready();
   extern __shared__ float qmean_s[];
   const int b = blockIdx.y;
   const T* q = static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.hq * p.dim;
@@ -117,7 +119,9 @@ __global__ void __launch_bounds__(kScoreWarps * 32) DecodeScoreKernel(DecodePara
 // every pass, the per-chunk token counts going to the workspace.
 template <int kThreads, bool kCluster, bool kStaged>
 __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
+  CtaTrace trace(kTraceDecodeSelect);
   after_predecessor();
+  trace.ready();
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int tied_s, taken_s;
@@ -150,6 +154,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
     }
     __syncthreads();
   }
+  trace.phase();  // trace builds: the staging, the radix select, the tied chunks, the offsets, the writes
   auto key_of = [&](int c) { return kStaged ? key_s[c] : key_g(c); };
   auto weight_of = [&](int c) { return kStaged ? weight_s[c] : weight_g(c); };
   const int remaining = p.budget - p.global_tokens - p.local_tokens;
@@ -161,6 +166,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
     kth = static_cast<uint32_t>(block_radix_select<kThreads, kCluster>(
         m, remaining, 32, [&](int c) { return static_cast<uint64_t>(key_of(c)); },
         [&](int c) { return static_cast<int64_t>(weight_of(c)); }, &rest));
+  trace.phase();
   // Tokens taken per chunk: whole above kth; among chunks of score kth the later chunk first (the
   // rule's tie order, position descending), so a tied chunk gets rest minus what later ones hold.
   const int per = (m + kThreads - 1) / kThreads;
@@ -194,6 +200,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
     }
     taken[c] = t;  // over the weight just read (staged) or into the workspace
   }
+  trace.phase();
   int mine = 0;
   for (int c = j0; c < j1; ++c) mine += taken[c];
   int offset, total;
@@ -208,6 +215,7 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
       if (q < rank) offset += *in_cluster_cta(&taken_s, q);
     cluster_arrive();  // done with the other CTAs' shared memory
   }
+  trace.phase();
   const int free_end = p.budget - p.local_tokens;  // bounds the writes even for invalid boundaries
   for (int c = j0; c < j1; ++c) {
     const int t = taken[c];
@@ -256,7 +264,9 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
   constexpr int kSub = 32 / kLanes;                   // keys a warp works on at once
   constexpr int kUnroll = kG * kPer >= 32 ? 2 : 4;    // such key groups per warp step
   constexpr int kStep = kSub * kUnroll;               // keys per warp step
+  CtaTrace trace(kTraceDecodeAttend);
   after_predecessor();
+  trace.ready();
   __shared__ float o_s[kAttendWarps][kG][kPer * kLanes];
   __shared__ float ml_s[kAttendWarps][kG][2];
   const int split = blockIdx.x, hk = blockIdx.y % p.hkv, tile = blockIdx.y / p.hkv, b = blockIdx.z;
@@ -389,7 +399,9 @@ constexpr int kMergeCols = 32, kMergeGroups = 8;
 // on one load at a time).
 template <typename T>
 __global__ void __launch_bounds__(kMergeCols * kMergeGroups) DecodeMergeKernel(DecodeParams p) {
+  CtaTrace trace(kTraceDecodeMerge);
   after_predecessor();
+  trace.ready();
   __shared__ float w_s[kMaxSplits];
   __shared__ float part_s[kMergeGroups][kMergeCols];
   __shared__ float m_s, l_s;
