@@ -80,9 +80,7 @@ def decode_graphs(libs, shape: str, seq: int, budget: int, batch: int):
     (bench_decode.py's setting): (graph replays, first outputs, steps per replay)."""
     hq, hkv, dim = SHAPES[shape]
     torch.manual_seed(seq)
-    chunks = -(-seq // bench_decode.CHUNK)
-    copies = max(1, min(16, -(-3 * bench_decode.L2_BYTES // (batch * (chunks * dim * 4 + hkv * 1024 * dim * 4)))))
-    steps = copies * max(1, -(-24 // copies))
+    copies, steps = bench_decode.rotation(batch, hkv, seq, dim)
     caches = [(torch.randn(batch, hkv, seq, dim, device="cuda", dtype=torch.bfloat16),
                torch.randn(batch, hkv, seq, dim, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
     q = torch.randn(batch, hq, 1, dim, device="cuda", dtype=torch.bfloat16)

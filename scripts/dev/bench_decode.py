@@ -78,6 +78,14 @@ def dense_step(q, k, v):
     return best[0], best[1]
 
 
+def rotation(batch: int, hkv: int, seq: int, dim: int) -> tuple[int, int]:
+    """(copies, steps): copies of a layer's cache for consecutive steps to rotate over, so that they miss
+    L2 (sized on the smaller DHSA reads), and the steps one CUDA graph holds."""
+    dhsa_min = batch * (math.ceil(seq / CHUNK) * dim * 4 + hkv * 1024 * dim * 2 * 2)
+    copies = max(1, min(16, math.ceil(3 * L2_BYTES / dhsa_min)))
+    return copies, copies * max(1, math.ceil(24 / copies))
+
+
 def decode_fn(kernels, q, k, v, budget):
     """One DhsaDecodeAttention step of the query q (B, Hq, 1, D) against the cache k, v, chunked as the
     benchmark chunks it."""
@@ -107,10 +115,7 @@ def main() -> None:
             for seq in map(int, args.lengths.split(",")):
                 kv_bytes = batch * hkv * seq * dim * 2 * 2
                 chunks = math.ceil(seq / CHUNK)
-                # Copies of the cache so that consecutive steps miss L2 (sized on the smaller DHSA reads).
-                dhsa_min = batch * (chunks * dim * 4 + hkv * 1024 * dim * 2 * 2)
-                copies = max(1, min(16, math.ceil(3 * L2_BYTES / dhsa_min)))
-                steps = copies * max(1, math.ceil(24 / copies))
+                copies, steps = rotation(batch, hkv, seq, dim)
                 caches = []
                 for _ in range(copies):
                     k = torch.randn(batch, hkv, seq, dim, device="cuda", dtype=t)

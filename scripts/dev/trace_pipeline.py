@@ -81,10 +81,10 @@ def main() -> None:
     kernels = CudaKernels(cuda_library())
     hq, hkv, dim = SHAPES[args.shape]
     gen = torch.Generator(device="cuda").manual_seed(args.seq)
-    q, k, v = (torch.randn(args.batch, h, args.seq, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-               for h in (hq, hkv, hkv))
-    if args.decode:
-        graph = as_graph(bench_decode.decode_fn(kernels, q[:, :, -1:].contiguous(), k, v, args.budget))
+    q, k, v = (torch.randn(args.batch, h, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+               for h, n in ((hq, 1 if args.decode else args.seq), (hkv, args.seq), (hkv, args.seq)))
+    if args.decode:  # the newest query against the cache
+        graph = as_graph(bench_decode.decode_fn(kernels, q, k, v, args.budget))
     else:
         graph = as_graph(dhsa_fn(kernels, q, k, v, args.budget))
     for _ in range(args.replays):
