@@ -33,7 +33,7 @@ import bench_decode  # noqa: E402
 KERNELS = {1: "cut scores", 2: "cut selection", 3: "representations", 4: "selection", 5: "attention", 6: "merge",
            7: "decode scores", 8: "decode selection", 9: "decode attention", 10: "decode merge"}
 CLASSES = {0: "tail split", 1: "fitting block", 2: "selected block"}
-SELECT_PHASES = ("staging", "radix select", "tied chunks", "offsets", "writes")  # decode selection's steps
+SELECT_PHASES = ("staging", "radix select", "taken and offsets", "writes")  # decode selection's steps
 
 
 class Record(ctypes.Structure):

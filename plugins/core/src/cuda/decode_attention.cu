@@ -44,7 +44,6 @@ struct DecodeParams {
   float scale, softcap;
   float* scores;   // (B, M)
   int32_t* idx;    // (B, budget), the first `count` written
-  int* taken;      // (B, M) tokens taken per chunk, when the selection cannot stage them in shared memory
   int count;       // keys every sample attends to: min(budget, eligible)
   int splits, split_keys, gtiles;
   float *part_o, *part_ml;  // (B, Hq, splits, D), (B, Hq, splits, 2)
@@ -116,15 +115,13 @@ __global__ void __launch_bounds__(kScoreWarps * 32) DecodeScoreKernel(DecodePara
 // share of the chunks: the radix passes then loop over an eighth of the items, the cluster adding its
 // histograms through distributed shared memory. kStaged: each chunk's score key and weight staged once
 // in shared memory (the passes then read shared memory, not L2); otherwise read from global memory in
-// every pass, the per-chunk token counts going to the workspace.
+// every pass.
 template <int kThreads, bool kCluster, bool kStaged>
 __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
   CtaTrace trace(kTraceDecodeSelect);
-  after_predecessor();
-  trace.ready();
-  using Scan = cub::BlockScan<int, kThreads>;
+  using Scan = cub::BlockScan<int64_t, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int tied_s, taken_s;
+  __shared__ int64_t total_s;
   extern __shared__ __align__(16) unsigned char smem[];
   const unsigned rank = kCluster ? cluster_rank() : 0, ranks = kCluster ? cluster_ctas() : 1;
   const int b = static_cast<int>(blockIdx.x / ranks);
@@ -132,6 +129,8 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
   const DecodeRange r = decode_range(p.seq, p.window, p.budget);
   const int lo = static_cast<int>(r.lo), hi = static_cast<int>(r.hi);
   if (hi - lo <= p.budget) {  // everything eligible fits (the same for every CTA of the cluster)
+    after_predecessor();
+    trace.ready();
     for (int x = rank * kThreads + threadIdx.x; x < hi - lo; x += ranks * kThreads) out[x] = lo + x;
     return;
   }
@@ -141,20 +140,27 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
   const int32_t* row = p.bd + static_cast<int64_t>(b) * (p.m + 1) + c0;
   const float* sc = p.scores + static_cast<int64_t>(b) * p.m + c0;
   auto key_g = [&](int c) { return orderable(sc[c]); };
-  auto weight_g = [&](int c) {
-    const int s = max(clampi(row[c], 0, p.seq), f0), e = min(clampi(row[c + 1], 0, p.seq), f1);
-    return max(0, e - s);
-  };
+  auto end_g = [&](int c) { return min(clampi(row[c + 1], 0, p.seq), f1); };  // the chunk's free tokens end
+  auto weight_g = [&](int c) { return max(0, end_g(c) - max(clampi(row[c], 0, p.seq), f0)); };
   uint32_t* key_s = reinterpret_cast<uint32_t*>(smem);
   int* weight_s = reinterpret_cast<int*>(key_s + (kStaged ? share : 0));
+  int* end_s = weight_s + (kStaged ? share : 0);
+  // The boundaries are the op's input, complete before the score kernel (which runs whenever not
+  // everything fits) waited for its predecessor: their weights and ends are staged while the scores
+  // are computed.
   if constexpr (kStaged) {
     for (int c = threadIdx.x; c < m; c += kThreads) {
-      key_s[c] = key_g(c);
+      end_s[c] = end_g(c);
       weight_s[c] = weight_g(c);
     }
+  }
+  after_predecessor();
+  trace.ready();
+  if constexpr (kStaged) {
+    for (int c = threadIdx.x; c < m; c += kThreads) key_s[c] = key_g(c);
     __syncthreads();
   }
-  trace.phase();  // trace builds: the staging, the radix select, the tied chunks, the offsets, the writes
+  trace.phase();  // trace builds: the staging, the radix select, the taken tokens and offsets, the writes
   auto key_of = [&](int c) { return kStaged ? key_s[c] : key_g(c); };
   auto weight_of = [&](int c) { return kStaged ? weight_s[c] : weight_g(c); };
   const int remaining = p.budget - p.global_tokens - p.local_tokens;
@@ -167,25 +173,52 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
         m, remaining, 32, [&](int c) { return static_cast<uint64_t>(key_of(c)); },
         [&](int c) { return static_cast<int64_t>(weight_of(c)); }, &rest));
   trace.phase();
-  // Tokens taken per chunk: whole above kth; among chunks of score kth the later chunk first (the
-  // rule's tie order, position descending), so a tied chunk gets rest minus what later ones hold.
+  // Tokens taken per chunk: whole above kth; of the chunks tied at kth the later first (the rule's
+  // tie order, position descending) until rest is reached. One scan of each thread's (above, tied)
+  // weights gives both how many tied tokens the thread takes and where its tokens start: of the tied
+  // weight in threads from i on, T - excl_i, the latest min(rest, T - excl_i) are taken.
   const int per = (m + kThreads - 1) / kThreads;
   const int j0 = min(m, static_cast<int>(threadIdx.x) * per), j1 = min(m, j0 + per);
-  int* taken = kStaged ? weight_s : p.taken + static_cast<int64_t>(b) * p.m + c0;
-  int tied = 0;
-  for (int c = j0; c < j1; ++c)
-    if (remaining > 0 && key_of(c) == kth) tied += weight_of(c);
-  int tied_incl, tied_total;
-  Scan(scan_tmp).InclusiveSum(tied, tied_incl, tied_total);
-  int64_t after = tied_total - tied_incl;  // tied weight in later chunks of this CTA
-  if constexpr (kCluster) {  // ... and of the later CTAs
-    if (threadIdx.x == 0) tied_s = tied_total;
-    cluster_sync();  // every CTA's tied weight is in (and every radix histogram read)
-#pragma unroll
-    for (unsigned q = 0; q < kMaxClusterCtas; ++q)
-      if (q < ranks && q > rank) after += *in_cluster_cta(&tied_s, q);
+  int above = 0, tied = 0;
+  if (remaining > 0) {
+    for (int c = j0; c < j1; ++c) {
+      const uint32_t key = key_of(c);
+      if (key > kth) above += weight_of(c);
+      else if (key == kth) tied += weight_of(c);
+    }
   }
-  for (int c = j1 - 1; c >= j0; --c) {
+  // (above << 32) + tied: both fields stay below 2^31 (token counts of one sample's cache).
+  constexpr int kHalf = 32;
+  const int64_t mine = (static_cast<int64_t>(above) << kHalf) + tied;
+  int64_t excl, total;
+  Scan(scan_tmp).ExclusiveSum(mine, excl, total);
+  if constexpr (kCluster) {  // the earlier CTAs' weights come before this CTA's, all CTAs' in the total
+    if (threadIdx.x == 0) total_s = total;
+    cluster_sync();  // every CTA's totals are in (and every radix histogram read)
+    int64_t before = 0, all = 0;
+#pragma unroll
+    for (unsigned q = 0; q < kMaxClusterCtas; ++q) {
+      if (q >= ranks) continue;
+      const int64_t t = *in_cluster_cta(&total_s, q);
+      all += t;
+      if (q < rank) before += t;
+    }
+    cluster_arrive();  // done with the other CTAs' shared memory
+    excl += before;
+    total = all;
+  }
+  const int64_t low = (int64_t{1} << kHalf) - 1;
+  const int64_t tied_all = total & low, tied_from_me = tied_all - (excl & low);
+  const int64_t tied_taken = rest < tied_all ? rest : tied_all;
+  const int64_t from_me = rest < tied_from_me ? rest : tied_from_me;  // tied tokens taken here and later
+  const int64_t later = tied_from_me - tied;                           // tied weight in later threads
+  const int64_t left = rest - later;
+  const int quota = static_cast<int>(left < 0 ? 0 : (left < tied ? left : tied));  // tied tokens taken here
+  int offset = p.global_tokens + static_cast<int>(excl >> kHalf) + static_cast<int>(tied_taken - from_me);
+  trace.phase();
+  const int free_end = p.budget - p.local_tokens;  // bounds the writes even for invalid boundaries
+  int tied_after = tied;  // this thread's tied weight after chunk c
+  for (int c = j0; c < j1; ++c) {
     const int w = weight_of(c);
     int t = 0;
     if (remaining > 0 && w > 0) {
@@ -193,33 +226,11 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
       if (key > kth) {
         t = w;
       } else if (key == kth) {
-        const int64_t left = rest - after;
-        t = left <= 0 ? 0 : (left < w ? static_cast<int>(left) : w);
-        after += w;
+        tied_after -= w;
+        t = clampi(quota - tied_after, 0, w);  // the thread's quota from its latest tied chunks down
       }
     }
-    taken[c] = t;  // over the weight just read (staged) or into the workspace
-  }
-  trace.phase();
-  int mine = 0;
-  for (int c = j0; c < j1; ++c) mine += taken[c];
-  int offset, total;
-  __syncthreads();  // scan_tmp is reused
-  Scan(scan_tmp).ExclusiveSum(mine, offset, total);
-  offset += p.global_tokens;
-  if constexpr (kCluster) {  // the earlier CTAs' tokens come first
-    if (threadIdx.x == 0) taken_s = total;
-    cluster_sync();
-#pragma unroll
-    for (unsigned q = 0; q < kMaxClusterCtas; ++q)
-      if (q < rank) offset += *in_cluster_cta(&taken_s, q);
-    cluster_arrive();  // done with the other CTAs' shared memory
-  }
-  trace.phase();
-  const int free_end = p.budget - p.local_tokens;  // bounds the writes even for invalid boundaries
-  for (int c = j0; c < j1; ++c) {
-    const int t = taken[c];
-    const int e = min(clampi(row[c + 1], 0, p.seq), f1);
+    const int e = kStaged ? end_s[c] : end_g(c);
     for (int x = e - t; x < e && offset < free_end; ++x) out[offset++] = x;  // a partial chunk: its latest tokens
   }
   if (rank == 0) {
@@ -253,21 +264,43 @@ __device__ __forceinline__ void load_part(const T* __restrict__ row, int x0, int
   for (int i = 0; i < kPer; ++i) out[i] = x0 + i < dim ? row[x0 + i] : from_float<T>(0.f);
 }
 
-// Grid (splits, Hkv * head tiles, B). A key row is spread over kLanes lanes of kPer elements (16-byte
-// loads where the row allows), so a warp works on 32 / kLanes keys at once and reduces each dot
-// product in log2(kLanes) shuffles (a warp per row spent most of a llama-8b step in shuffles); the
-// next step's indices are loaded before this step's rows are used. Each key group runs an online
-// softmax for up to kG query heads; the warp, then the CTA, merge theirs, and the CTA writes the
-// output (one split) or its partial.
+// The attention's shape for kPer elements per lane and kG heads per CTA: AttendUnroll key groups of
+// 32 / kLanes keys per warp step, whose key and value rows pass through a ring of AttendStages steps
+// in shared memory (16-byte pieces, one lane's after another; two steps where three would pass 48 KB,
+// float rows over 128 wide), which the CTA's partial output reuses once the keys are done.
+__host__ __device__ constexpr int AttendUnroll(int g, int per) { return g * per >= 32 ? 2 : 4; }
+__host__ __device__ constexpr size_t AttendStepBytes(int g, int per, size_t elem) {
+  return size_t{kAttendWarps} * AttendUnroll(g, per) * 2 * 32 * per * elem;
+}
+__host__ __device__ constexpr int AttendStages(int g, int per, size_t elem) {
+  return 3 * AttendStepBytes(g, per, elem) > 48 * 1024 ? 2 : 3;
+}
+template <typename T, int kPer, int kLanes, int kG>
+constexpr size_t AttendSharedBytes() {
+  const size_t ring = AttendStages(kG, kPer, sizeof(T)) * AttendStepBytes(kG, kPer, sizeof(T));
+  const size_t partial = size_t{kAttendWarps} * kG * kPer * kLanes * sizeof(float);
+  return ring > partial ? ring : partial;
+}
+
+// Grid (splits, Hkv * head tiles, B). A key row is spread over kLanes lanes of kPer elements, so a
+// warp works on 32 / kLanes keys at once and reduces each dot product in log2(kLanes) shuffles (a
+// warp per row spent most of a llama-8b step in shuffles). The rows stream through the warp's ring
+// by cp.async, the next kStages - 1 steps in flight while one is used (a batch-8 step's
+// warps take 16 steps each, each waiting a whole memory latency when loaded step by step), and the
+// indices are loaded a step before their rows. Each key group runs an online softmax for up to kG
+// query heads; the warp, then the CTA, merge theirs, and the CTA writes the output (one split) or
+// its partial.
 template <typename T, int kPer, int kLanes, int kG>
 __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodeParams p) {
   constexpr int kSub = 32 / kLanes;                   // keys a warp works on at once
-  constexpr int kUnroll = kG * kPer >= 32 ? 2 : 4;    // such key groups per warp step
+  constexpr int kUnroll = AttendUnroll(kG, kPer);     // such key groups per warp step
   constexpr int kStep = kSub * kUnroll;               // keys per warp step
+  constexpr int kStages = AttendStages(kG, kPer, sizeof(T));
+  constexpr int kPieces = kPer * static_cast<int>(sizeof(T)) / 16;  // 16-byte pieces of a lane's part of a row
+  static_assert(kPieces >= 1 && kPer * sizeof(T) % 16 == 0, "a lane's part of a row is whole 16-byte pieces");
   CtaTrace trace(kTraceDecodeAttend);
-  after_predecessor();
-  trace.ready();
-  __shared__ float o_s[kAttendWarps][kG][kPer * kLanes];
+  extern __shared__ __align__(16) uint4 ring_s[];  // [warp][stage][key group][K, V][piece][lane]
+  __shared__ int pos_s[kAttendWarps][kStages][kUnroll][32];
   __shared__ float ml_s[kAttendWarps][kG][2];
   const int split = blockIdx.x, hk = blockIdx.y % p.hkv, tile = blockIdx.y / p.hkv, b = blockIdx.z;
   const int h0 = hk * p.group + tile * kG, heads = min(kG, p.group - tile * kG);
@@ -294,36 +327,76 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
     mx[g] = -INFINITY;
     den[g] = 0.f;
   }
-  const int stride = kAttendWarps * kStep;
+  // Q was complete before the op's first kernel waited for its predecessor: it is loaded while the
+  // selection runs; the selected indices only after it.
+  after_predecessor();
+  trace.ready();
+  const int stride = kAttendWarps * kStep, first = key_begin + warp * kStep;
+  const int steps = first < key_end ? (key_end - first + stride - 1) / stride : 0;
+  uint4* ring = ring_s + warp * kStages * kUnroll * 2 * kPieces * 32 + lane;
+  auto piece = [&](int stage, int u, int kv, int c) -> uint4& {
+    return ring[(((stage * kUnroll + u) * 2 + kv) * kPieces + c) * 32];
+  };
   int next[kUnroll];
-  auto load_idx = [&](int j0) {
+  auto load_idx = [&](int n) {  // the positions of step n
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int j = j0 + u * kSub + sub;
+      const int j = first + n * stride + u * kSub + sub;
       next[u] = j < key_end ? clampi(idx[j], 0, t) : -1;
     }
   };
-  load_idx(key_begin + warp * kStep);
-  for (int j0 = key_begin + warp * kStep; j0 < key_end; j0 += stride) {
-    alignas(16) T kr[kUnroll][kPer];
-    alignas(16) T vr[kUnroll][kPer];
-    int pos[kUnroll];
+  auto issue = [&](int stage) {  // the rows at `next` into the ring (no copy past the keys)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      pos[u] = next[u];
-      const int64_t at = static_cast<int64_t>(pos[u] < 0 ? 0 : pos[u]) * p.dim;
-      load_part<T, kPer>(kbase + at, x0, p.dim, p.vec, kr[u]);
-      load_part<T, kPer>(vbase + at, x0, p.dim, p.vec, vr[u]);
+      pos_s[warp][stage][u][lane] = next[u];
+      if (next[u] < 0) continue;
+      const int64_t at = static_cast<int64_t>(next[u]) * p.dim;
+      if (p.vec && x0 + kPer <= p.dim) {
+#pragma unroll
+        for (int c = 0; c < kPieces; ++c) {
+          cp_async16(&piece(stage, u, 0, c), kbase + at + x0 + c * (16 / sizeof(T)), true);
+          cp_async16(&piece(stage, u, 1, c), vbase + at + x0 + c * (16 / sizeof(T)), true);
+        }
+      } else {  // unaligned rows or the row's ragged end: element loads
+        alignas(16) T kr[kPer], vr[kPer];
+        load_part<T, kPer>(kbase + at, x0, p.dim, false, kr);
+        load_part<T, kPer>(vbase + at, x0, p.dim, false, vr);
+#pragma unroll
+        for (int c = 0; c < kPieces; ++c) {
+          piece(stage, u, 0, c) = reinterpret_cast<const uint4*>(kr)[c];
+          piece(stage, u, 1, c) = reinterpret_cast<const uint4*>(vr)[c];
+        }
+      }
     }
-    load_idx(j0 + stride);
+  };
+  load_idx(0);
+#pragma unroll
+  for (int n = 0; n < kStages - 1; ++n) {
+    issue(n);
+    load_idx(n + 1);
+    cp_async_commit();
+  }
+  for (int n = 0; n < steps; ++n) {
+    issue((n + kStages - 1) % kStages);
+    load_idx(n + kStages);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();  // step n's rows have landed (each lane reads only its own)
+    const int stage = n % kStages;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const bool ok = pos[u] >= 0 && (p.window == 0 || pos[u] > t - p.window);
+      const int pos = pos_s[warp][stage][u][lane];
+      alignas(16) T kr[kPer], vr[kPer];
+#pragma unroll
+      for (int c = 0; c < kPieces; ++c) {
+        reinterpret_cast<uint4*>(kr)[c] = piece(stage, u, 0, c);
+        reinterpret_cast<uint4*>(vr)[c] = piece(stage, u, 1, c);
+      }
+      const bool ok = pos >= 0 && (p.window == 0 || pos > t - p.window);
 #pragma unroll
       for (int g = 0; g < kG; ++g) {
         float s = 0.f;
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) s += qr[g][i] * to_float(kr[u][i]);
+        for (int i = 0; i < kPer; ++i) s += qr[g][i] * to_float(kr[i]);
 #pragma unroll
         for (int o = kLanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (p.softcap > 0.f) s = tanhf(s / p.softcap) * p.softcap * kLog2e;
@@ -331,7 +404,7 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
         const float m_new = fmaxf(mx[g], s), corr = exp2f(mx[g] - m_new), e = exp2f(s - m_new);
         den[g] = den[g] * corr + e;
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) acc[g][i] = acc[g][i] * corr + e * to_float(vr[u][i]);
+        for (int i = 0; i < kPer; ++i) acc[g][i] = acc[g][i] * corr + e * to_float(vr[i]);
         mx[g] = m_new;
       }
     }
@@ -351,6 +424,9 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
       mx[g] = m_new;
     }
   }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its ring, which now holds the warps' partial outputs
+  auto o_s = reinterpret_cast<float (*)[kG][kPer * kLanes]>(ring_s);
   if (sub == 0) {
 #pragma unroll
     for (int g = 0; g < kG; ++g) {
@@ -430,7 +506,7 @@ __global__ void __launch_bounds__(kMergeCols * kMergeGroups) DecodeMergeKernel(D
   float o = 0.f;
   if (x < p.dim) {
     const float* src = p.part_o + hrow * p.splits * p.dim + x;
-#pragma unroll 4
+#pragma unroll 16  // a batch-1 step's 128 or so splits: every partial row of the thread in flight at once
     for (int s = group; s < p.splits; s += kMergeGroups) o += src[static_cast<int64_t>(s) * p.dim] * w_s[s];
   }
   part_s[group][col] = o;
@@ -487,15 +563,23 @@ void PlanSplits(DecodeParams* p, int sms, int resident) {
   p->splits = std::max(1, (p->count + p->split_keys - 1) / p->split_keys);
 }
 
-using AttendKernel = void (*)(DecodeParams);
+struct AttendKernel {
+  void (*kernel)(DecodeParams);
+  size_t smem;  // dynamic shared memory
+};
+
+template <typename T, int kPer, int kLanes, int kG>
+AttendKernel AttendWith() {
+  return {DecodeAttendKernel<T, kPer, kLanes, kG>, AttendSharedBytes<T, kPer, kLanes, kG>()};
+}
 
 template <typename T, int kPer, int kLanes>
 AttendKernel AttendFor(int g) {
   switch (g) {
-    case 1: return DecodeAttendKernel<T, kPer, kLanes, 1>;
-    case 2: return DecodeAttendKernel<T, kPer, kLanes, 2>;
-    case 4: return DecodeAttendKernel<T, kPer, kLanes, 4>;
-    default: return DecodeAttendKernel<T, kPer, kLanes, 8>;
+    case 1: return AttendWith<T, kPer, kLanes, 1>();
+    case 2: return AttendWith<T, kPer, kLanes, 2>();
+    case 4: return AttendWith<T, kPer, kLanes, 4>();
+    default: return AttendWith<T, kPer, kLanes, 8>();
   }
 }
 
@@ -534,7 +618,7 @@ Status LaunchSelectKernel(const DecodeParams& p, unsigned ranks, size_t smem, cu
 Status LaunchSelect(const DecodeParams& p, cudaStream_t stream) {
   int max_smem = 0;
   DHSA_CUDA_RETURN(MaxSharedMemoryPerBlock(&max_smem), kDecodeAttention, "cudaDeviceGetAttribute");
-  const size_t per_chunk = sizeof(uint32_t) + sizeof(int), reserve = 16 * 1024;  // static: scan, radix histograms
+  const size_t per_chunk = sizeof(uint32_t) + 2 * sizeof(int), reserve = 16 * 1024;  // static: scan, radix histograms
   const size_t cluster_smem = static_cast<size_t>((p.m + kSelectCluster - 1) / kSelectCluster) * per_chunk;
   if (ClusterLaunch() && p.m >= Tuned("DHSA_DECODE_CLUSTER_FROM", kClusterSelectFrom) && cluster_smem + reserve <= static_cast<size_t>(max_smem))
     return LaunchSelectKernel<kClusterSelectThreads, true, true>(p, kSelectCluster, cluster_smem, stream);
@@ -557,11 +641,16 @@ struct Decode {
     }
     DHSA_RETURN_IF_ERROR(LaunchSelect(p, stream));
     const AttendKernel attend = AttendKernelOf<T>(spread, GroupTile(p.group));
+    DHSA_CUDA_RETURN(cudaFuncSetAttribute(attend.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(attend.smem)),
+                     op, "cudaFuncSetAttribute");
     int resident = 0;
-    DHSA_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, attend, kAttendWarps * 32, 0), op,
-                     "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    DHSA_CUDA_RETURN(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, attend.kernel, kAttendWarps * 32, attend.smem), op,
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     PlanSplits(&p, sms, Tuned("DHSA_DECODE_CTAS_PER_SM", std::max(1, resident)));
-    DHSA_CUDA_RETURN(LaunchKernel(attend, dim3(p.splits, p.hkv * p.gtiles, p.batch), kAttendWarps * 32, 0, stream, p),
+    DHSA_CUDA_RETURN(LaunchKernel(attend.kernel, dim3(p.splits, p.hkv * p.gtiles, p.batch), kAttendWarps * 32,
+                                  attend.smem, stream, p),
                      op, "DecodeAttendKernel");
     if (p.splits > 1)
       DHSA_CUDA_RETURN(LaunchKernel(DecodeMergeKernel<T>, dim3((p.dim + kMergeCols - 1) / kMergeCols, p.hq, p.batch),
@@ -577,7 +666,7 @@ size_t DecodeAttentionWorkspace(const DecodeAttentionAttrs& a, int64_t batch, in
                                 int64_t dim, int64_t m_plus_1) {
   (void)hkv;
   (void)cache_len;
-  return 2 * Workspace::Align(static_cast<size_t>(batch * (m_plus_1 - 1)) * sizeof(float)) +
+  return Workspace::Align(static_cast<size_t>(batch * (m_plus_1 - 1)) * sizeof(float)) +
          Workspace::Align(static_cast<size_t>(batch * a.budget) * sizeof(int32_t)) +
          Workspace::Align(static_cast<size_t>(batch * hq * kMaxSplits * dim) * sizeof(float)) +
          Workspace::Align(static_cast<size_t>(batch * hq * kMaxSplits * 2) * sizeof(float));
@@ -623,7 +712,6 @@ Status DecodeAttention(const DecodeAttentionAttrs& a, const Act4& q, const Act4&
   DHSA_RETURN_IF_ERROR(ws.status());
   p.scores = ws.take<float>(static_cast<size_t>(p.batch) * p.m);
   p.idx = ws.take<int32_t>(static_cast<size_t>(p.batch) * p.budget);
-  p.taken = ws.take<int>(static_cast<size_t>(p.batch) * p.m);
   p.part_o = ws.take<float>(static_cast<size_t>(p.batch) * p.hq * kMaxSplits * p.dim);
   p.part_ml = ws.take<float>(static_cast<size_t>(p.batch) * p.hq * kMaxSplits * 2);
   return DispatchFloat<Decode>(q.dtype, p, spread, sms, s);

@@ -1,4 +1,4 @@
-// sm_80 primitives the mma.sync kernel (and the wgmma kernel's loads) use: cp.async, ldmatrix,
+// sm_80 primitives the mma.sync kernel (and the wgmma kernel's loads) use: ldmatrix,
 // mma.sync m16n8k16, fragment packing and the swizzled tile layout.
 // Private to sparse_attention.cu, the one translation unit that includes it (internal linkage).
 #pragma once
@@ -10,14 +10,6 @@ namespace cuda {
 namespace {
 
 // ---- PTX wrappers ------------------------------------------------------------------------------
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
