@@ -222,11 +222,12 @@ def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, dtype, seed):
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("path", ["cluster", "one CTA, chunks in shared memory", "one CTA, chunks in global memory"])
+@pytest.mark.parametrize("path", ["cluster", "one CTA, chunks in shared memory", "one CTA, few chunks",
+                                  "one CTA, chunks in global memory"])
 def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
     """Each way the kernels may select, forced: a cluster of CTAs per sample (Hopper; 4096 chunks and
-    more), one CTA with its chunks staged in shared memory, one CTA reading them from global memory
-    (too many for shared memory)."""
+    more), one CTA with its chunks staged in shared memory (a smaller CTA up to 512 chunks), one CTA
+    reading them from global memory (too many for shared memory)."""
     if path == "cluster" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("thread block clusters need compute capability 9.0")
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -236,12 +237,15 @@ def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
     try:
         for _ in range(12):
             c = _cuda_case(rng)
-            c.prompt_len = rng.randint(3000, 12000)
-            c.cache_len = c.prompt_len + rng.randint(1, 40)
-            c.budget, c.block_size, c.chunk_beta = rng.randint(300, 2048), rng.choice([16, 64, 128]), rng.choice([4, 8])
             if path == "cluster":  # chunks of 4 tokens: 4250-5500 of them, where the cluster selects
                 c.prompt_len, c.block_size, c.chunk_beta = rng.randint(17000, 22000), 16, 4
-                c.cache_len = c.prompt_len + rng.randint(1, 40)
+            elif path == "one CTA, few chunks":  # chunks of 16 tokens: 37-250 of them
+                c.prompt_len, c.block_size, c.chunk_beta = rng.randint(600, 4000), 128, 8
+            else:  # chunks of 2-8 tokens: 625-6000 of them
+                c.prompt_len, c.block_size = rng.randint(5000, 12000), rng.choice([16, 32])
+                c.chunk_beta = rng.choice([4, 8])
+            c.cache_len = c.prompt_len + rng.randint(1, 40)
+            c.budget = rng.randint(min(300, c.prompt_len // 2), min(2048, c.prompt_len // 2))  # fewer than eligible
             c.local_tokens, c.global_tokens = rng.randint(0, 128), rng.randint(0, 128)
             dtype = rng.choice([torch.float32, torch.bfloat16])
             checked += _check_on_gpu(kernels.decode_attention, c, gen, dtype) is not None
