@@ -226,8 +226,8 @@ def test_cuda_kernels_order_tied_chunks_as_the_rule(kernels, dtype, seed):
                                   "one CTA, chunks in global memory"])
 def test_cuda_selection_paths_match_the_reference(kernels, path, seed):
     """Each way the kernels may select, forced: a cluster of CTAs per sample (Hopper; 4096 chunks and
-    more), one CTA with its chunks staged in shared memory (a smaller CTA up to 512 chunks), one CTA
-    reading them from global memory (too many for shared memory)."""
+    more), one CTA with its chunks staged in shared memory (a few hundred of them, or thousands), one
+    CTA reading them from global memory (too many for shared memory)."""
     if path == "cluster" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("thread block clusters need compute capability 9.0")
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
