@@ -242,24 +242,10 @@ __global__ void __launch_bounds__(kThreads) DecodeSelectKernel(DecodeParams p) {
 
 // ---- 3. split-K attention -------------------------------------------------------------------------
 
-// kPer elements of a row from element lane * kPer on (vector loads where the row allows).
+// kPer elements of a row from element x0 on, zeros past the row's end, by element loads (the query,
+// and key / value rows the ring cannot take as 16-byte copies).
 template <typename T, int kPer>
-__device__ __forceinline__ void load_part(const T* __restrict__ row, int x0, int dim, bool vec, T (&out)[kPer]) {
-  constexpr int kBytes = kPer * static_cast<int>(sizeof(T));
-  if (vec && x0 + kPer <= dim) {
-    if constexpr (kBytes % 16 == 0) {
-#pragma unroll
-      for (int i = 0; i < kBytes / 16; ++i)
-        reinterpret_cast<uint4*>(out)[i] = __ldg(reinterpret_cast<const uint4*>(row + x0) + i);
-      return;
-    } else if constexpr (kBytes % 8 == 0) {
-      reinterpret_cast<uint2*>(out)[0] = __ldg(reinterpret_cast<const uint2*>(row + x0));
-      return;
-    } else if constexpr (kBytes % 4 == 0) {
-      reinterpret_cast<uint32_t*>(out)[0] = __ldg(reinterpret_cast<const uint32_t*>(row + x0));
-      return;
-    }
-  }
+__device__ __forceinline__ void load_part(const T* __restrict__ row, int x0, int dim, T (&out)[kPer]) {
 #pragma unroll
   for (int i = 0; i < kPer; ++i) out[i] = x0 + i < dim ? row[x0 + i] : from_float<T>(0.f);
 }
@@ -318,7 +304,7 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
   for (int g = 0; g < kG; ++g) {
     T raw[kPer];
     const int h = min(h0 + g, h0 + heads - 1);
-    load_part<T, kPer>(static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.hq + h) * p.dim, x0, p.dim, false, raw);
+    load_part<T, kPer>(static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.hq + h) * p.dim, x0, p.dim, raw);
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       qr[g][i] = to_float(raw[i]) * qscale;
@@ -359,8 +345,8 @@ __global__ void __launch_bounds__(kAttendWarps * 32) DecodeAttendKernel(DecodePa
         }
       } else {  // unaligned rows or the row's ragged end: element loads
         alignas(16) T kr[kPer], vr[kPer];
-        load_part<T, kPer>(kbase + at, x0, p.dim, false, kr);
-        load_part<T, kPer>(vbase + at, x0, p.dim, false, vr);
+        load_part<T, kPer>(kbase + at, x0, p.dim, kr);
+        load_part<T, kPer>(vbase + at, x0, p.dim, vr);
 #pragma unroll
         for (int c = 0; c < kPieces; ++c) {
           piece(stage, u, 0, c) = reinterpret_cast<const uint4*>(kr)[c];
