@@ -8,6 +8,7 @@ tensors are the next step's past without a copy through NumPy, on the CPU and on
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from dataclasses import dataclass, field
@@ -148,11 +149,13 @@ class GenaiLoop:
 
     name = "onnxruntime-genai"
 
-    def __init__(self, folder: ModelFolder, provider: str = "cpu"):
+    def __init__(self, folder: ModelFolder, provider: str = "cpu", threads: int | None = None):
         import onnxruntime_genai as og
 
         self.og, self.folder, self.provider = og, folder, provider
         config = og.Config(str(folder.path))
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         if provider == "cuda":
             config.clear_providers()
             config.append_provider("cuda")
@@ -206,5 +209,5 @@ def open_loop(folder: ModelFolder, runtime: str = "auto", provider: str = "cpu",
                         f"cache, which onnxruntime-genai cannot feed back; use --runtime ort (or auto)")
     if runtime == "genai" or (runtime == "auto" and genai_available() and provider == "cpu" and
                               folder.decode == "dense"):
-        return GenaiLoop(folder, provider)
+        return GenaiLoop(folder, provider, threads)
     return OrtLoop(folder, provider, threads)

@@ -184,6 +184,7 @@ def test_folder_layout_and_genai_config(folder):
     assert dec["num_key_value_heads"] == text.num_key_value_heads and dec["head_size"] == text.head_dim
     assert cfg["model"]["context_length"] == recipe.export.max_seq_len
     assert dec["session_options"]["custom_ops_library"] == "libdhsa_ort.so" and (path / "libdhsa_ort.so").is_file()
+    assert dec["session_options"]["intra_op_num_threads"] == 0  # ONNX Runtime's default, not genai's one thread
     assert cfg["search"]["past_present_share_buffer"] is False
     proto = onnx.load(str(path / "model.onnx"))
     names = [i.name for i in proto.graph.input]
@@ -197,6 +198,21 @@ def test_folder_layout_and_genai_config(folder):
     # the weights are stored once, in the outer graph, for both branches
     assert not branches["then_branch"].initializer and not branches["else_branch"].initializer
     assert sum(text.vocab_size in i.dims for i in proto.graph.initializer) == 1
+
+
+def test_genai_intra_op_threads_follow_the_option(folder):
+    """--threads reaches onnxruntime-genai's session too (an intra-op pool of threads - 1 workers)."""
+    pytest.importorskip("onnxruntime_genai")
+    path = folder("tiny-gemma3")
+    code = ("import os, sys; from dhsa_export import generation, model_folder; "
+            "loop = generation.GenaiLoop(model_folder.open_folder(sys.argv[1]), 'cpu', int(sys.argv[2])); "
+            "loop.generate([5, 6, 7], 2); print(len(os.listdir('/proc/self/task')))")
+    counts = {}
+    for threads in (1, 4):
+        r = subprocess.run([sys.executable, "-c", code, str(path), str(threads)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        counts[threads] = int(r.stdout.split()[-1])
+    assert counts[4] - counts[1] == 3, counts
 
 
 def test_generate_cli_streams_and_reports(folder):

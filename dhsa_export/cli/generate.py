@@ -41,7 +41,8 @@ class _Stream:
 @click.option("--runtime", type=click.Choice(generation.RUNTIMES), default="auto", show_default=True,
               help="genai: onnxruntime-genai; ort: the own loop on onnxruntime; auto: genai where installed for "
                    "the provider.")
-@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (own loop).")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads, either runtime "
+              "[default: one per physical core].")
 @user_errors
 def main(model_dir, prompt, prompt_file, prompt_ids, max_new_tokens, provider, runtime, threads):
     """Generate from MODEL_DIR (written by `dhsa-export MODEL --with-cache --out MODEL_DIR`): DHSA prefill of
