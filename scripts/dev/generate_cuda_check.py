@@ -7,6 +7,10 @@ own loop on the CUDA provider and compares, needing only onnxruntime-gpu, numpy 
 
     python scripts/dev/generate_cuda_check.py make out/generate-cuda-check
     python scripts/dev/generate_cuda_check.py run out/generate-cuda-check     # where onnxruntime-gpu is
+
+`--models gemma3-270m [--model-path FILE.gguf]`: gemma3-270m's folder (fp32 plugin export, sparse decode)
+instead of the tiny models'; its folder is 1 GB, so `make` runs on the GPU machine too (PyTorch's
+reference on its CPU). Its prompts add one past the recipe's decode budget, where decode selects.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 NEW_TOKENS = 32
-CASES = [("tiny-gemma2", "plugin", "fp32", "dense"), ("tiny-gemma3", "plugin", "fp32", "dense"),
-         ("tiny-gemma2", "portable", "fp32", "dense"), ("tiny-gemma3", "plugin", "bf16", "dense"),
-         ("tiny-gemma2", "plugin", "fp32", "sparse"), ("tiny-gemma3", "plugin", "fp32", "sparse"),
-         ("tiny-gemma2", "portable", "fp32", "sparse")]
+CASES = {"tiny": [("tiny-gemma2", "plugin", "fp32", "dense"), ("tiny-gemma3", "plugin", "fp32", "dense"),
+                  ("tiny-gemma2", "portable", "fp32", "dense"), ("tiny-gemma3", "plugin", "bf16", "dense"),
+                  ("tiny-gemma2", "plugin", "fp32", "sparse"), ("tiny-gemma3", "plugin", "fp32", "sparse"),
+                  ("tiny-gemma2", "portable", "fp32", "sparse")],
+         "gemma3-270m": [("gemma3-270m", "plugin", "fp32", "sparse")]}
 
 
-def make(out: Path, seed: int) -> None:
+def make(out: Path, seed: int, models: str = "tiny", model_path: str | None = None) -> None:
     import numpy as np
     import torch
 
@@ -34,16 +39,20 @@ def make(out: Path, seed: int) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     ref = {}
-    for name, flavour, dtype, decode in CASES:
+    for name, flavour, dtype, decode in CASES[models]:
         tag = f"{name}-{flavour}-{dtype}-{decode}"
         recipe = recipes.load(name)
-        export.export_cached(recipe, out / tag, flavour=flavour, dtype=dtype, decode=decode)
-        model = load(recipe).model
+        loaded = load(recipe, model_path, progress=lambda m: print(m, flush=True))  # fp32; loaded once
+        export.export_cached(recipe, out / tag, model_path=model_path, flavour=flavour, dtype=dtype, decode=decode,
+                             loaded=loaded if dtype == "fp32" else None)
+        model = loaded.model
         if dtype == "bf16":
             model = model.to(torch.bfloat16)
         rng = np.random.default_rng(seed)
-        prompts = [rng.integers(3, 512, size=n).tolist() for n in (1, recipe.dhsa.budget // 2 + 3,
-                                                                   3 * recipe.dhsa.budget + 37)]
+        lengths = [1, recipe.dhsa.budget // 2 + 3, 3 * recipe.dhsa.budget + 37]
+        if models != "tiny":
+            lengths.append(2 * recipe.dhsa.decode_budget + 37)
+        prompts = [rng.integers(3, 512, size=n).tolist() for n in lengths]
         attention.enable_dhsa(model, recipe.dhsa, decode=decode)
         tokens = [runtime.TorchLM(model).cached_greedy(np.array(p), NEW_TOKENS)[0] for p in prompts]
         ref[tag] = {"prompts": prompts, "tokens": tokens}
@@ -51,7 +60,7 @@ def make(out: Path, seed: int) -> None:
     (out / "reference.json").write_text(json.dumps(ref))
 
 
-def run(folder: Path) -> int:
+def run(folder: Path, provider: str = "cuda") -> int:
     import onnxruntime as ort
 
     from dhsa_export import generation, model_folder
@@ -61,8 +70,8 @@ def run(folder: Path) -> int:
     failed = 0
     for tag, case in ref.items():
         opened = model_folder.open_folder(folder / tag)
-        loop = generation.OrtLoop(opened, "cuda")
-        assert "CUDAExecutionProvider" in loop.session.get_providers()
+        loop = generation.OrtLoop(opened, provider)
+        assert provider != "cuda" or "CUDAExecutionProvider" in loop.session.get_providers()
         for prompt, want in zip(case["prompts"], case["tokens"]):
             got = loop.generate(prompt, NEW_TOKENS, stop_at_eos=False)
             exact = got.tokens == want
@@ -86,11 +95,14 @@ def main() -> None:
     ap.add_argument("action", choices=["make", "run"])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", choices=sorted(CASES), default="tiny")
+    ap.add_argument("--model-path", help="weights for --models gemma3-270m (a .gguf file or model folder)")
+    ap.add_argument("--provider", choices=["cuda", "cpu"], default="cuda", help="run: the ONNX Runtime provider")
     args = ap.parse_args()
     if args.action == "make":
-        make(args.folder, args.seed)
+        make(args.folder, args.seed, args.models, args.model_path)
     else:
-        sys.exit(run(args.folder))
+        sys.exit(run(args.folder, args.provider))
 
 
 if __name__ == "__main__":
