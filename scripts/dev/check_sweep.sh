@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-out/check-sweep}
 lengths=${2:-1024,2048,4096,8192}
-fp16_lengths=${3:-2048,4096}
+fp16_lengths=${3-2048,4096}  # "" for none
 py=${PYTHON:-.venv/bin/python}
 mkdir -p "$out"
 export_once() {  # name, extra export flags

@@ -9,7 +9,7 @@ own loop on the CUDA provider and compares, needing only onnxruntime-gpu, numpy 
     python scripts/dev/generate_cuda_check.py run out/generate-cuda-check     # where onnxruntime-gpu is
 
 `--models gemma3-270m [--model-path FILE.gguf]`: gemma3-270m's folder (fp32 plugin export, sparse decode)
-instead of the tiny models'; its folder is 1 GB, so `make` runs on the GPU machine too (PyTorch's
+instead of the tiny models'; its folder is 1 GB, so `make` runs beside the GPU too (PyTorch's
 reference on its CPU). Its prompts add one past the recipe's decode budget, where decode selects.
 """
 
