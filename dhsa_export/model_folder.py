@@ -73,8 +73,7 @@ def genai_config(model, flavour: str, context_length: int) -> dict:
     num_layers = text.num_hidden_layers
     eos = _eos_ids(model)
     # 0: ONNX Runtime's own default, a thread per physical core. Without the key onnxruntime-genai 0.18
-    # runs the CPU provider on one thread (2 x86-64 cores, gemma3-270m at 2K: 6.75 s to the first token
-    # against 3.14 s).
+    # runs the CPU provider on one thread, twice the time on two cores (docs/performance.md, Generation).
     session = {"log_id": "dhsa-export", "intra_op_num_threads": 0, "provider_options": []}
     if flavour == "plugin":
         session["custom_ops_library"] = ORT_LIBRARY  # onnxruntime-genai resolves it against the folder
